@@ -1,0 +1,78 @@
+package controlplane
+
+import (
+	"context"
+	"time"
+)
+
+// Store is the persistence the Service consumes. Every method that touches
+// tenant data takes the tenant ID and scopes its query by it: another
+// tenant's row is indistinguishable from a missing one (ENOTFOUND).
+//
+// Methods return coded errors: ENOTFOUND for a missing row, ECONFLICT for a
+// uniqueness or in-use violation. They never return (nil, nil).
+type Store interface {
+	// Tx runs fn with a Store bound to one transaction; fn's error rolls back.
+	Tx(ctx context.Context, fn func(Store) error) error
+	// Ping checks that the database answers.
+	Ping(ctx context.Context) error
+
+	CreateTenant(ctx context.Context, t *Tenant) error // sets ID, CreatedAt, UpdatedAt
+	FindTenantByID(ctx context.Context, id string) (*Tenant, error)
+
+	// CreateUser stores u with its password hash ("" = no password set).
+	// An e-mail that exists answers ECONFLICT.
+	CreateUser(ctx context.Context, u *User, passwordHash string) error
+	CreateMembership(ctx context.Context, m *Membership) error
+
+	CreateAPIKey(ctx context.Context, k *APIKey, hash []byte) error // sets CreatedAt
+	// FindAPIKeyForAuth finds a key by its globally unique ID, for
+	// authentication only: it is the one lookup not scoped by tenant.
+	FindAPIKeyForAuth(ctx context.Context, id string) (*APIKey, []byte, error)
+	// TouchAPIKey records a use; it writes at most once a minute per key.
+	TouchAPIKey(ctx context.Context, id string, at time.Time) error
+	FindAPIKeyByID(ctx context.Context, tenantID, id string) (*APIKey, error)
+	FindAPIKeys(ctx context.Context, tenantID string, f APIKeyFilter) ([]*APIKey, error)
+	// RevokeAPIKey sets revoked_at; revoking a revoked key answers ENOTFOUND.
+	RevokeAPIKey(ctx context.Context, tenantID, id string, at time.Time) error
+
+	CreateFleet(ctx context.Context, f *Fleet) error // sets ID, CreatedAt, UpdatedAt
+	FindFleetBySlug(ctx context.Context, tenantID, slug string) (*Fleet, error)
+	FindFleets(ctx context.Context, tenantID string, f FleetFilter) ([]*Fleet, error)
+	UpdateFleet(ctx context.Context, tenantID string, id int64, u FleetUpdate) (*Fleet, error)
+	// DeleteFleet deletes an empty fleet; one with vehicles answers ECONFLICT.
+	DeleteFleet(ctx context.Context, tenantID string, id int64) error
+
+	CreateVehicle(ctx context.Context, v *Vehicle) error // sets ID, CreatedAt, UpdatedAt
+	FindVehicle(ctx context.Context, tenantID string, fleetID int64, vehicleID string) (*Vehicle, error)
+	FindVehicles(ctx context.Context, tenantID string, f VehicleFilter) ([]*Vehicle, error)
+	CountVehicles(ctx context.Context, tenantID string) (int, error)
+	UpdateVehicle(ctx context.Context, tenantID string, id int64, c VehicleChange) (*Vehicle, error)
+	DeleteVehicle(ctx context.Context, tenantID string, id int64) error
+
+	CreateAuditEvent(ctx context.Context, e *AuditEvent) error // sets ID, At
+	FindAuditEvents(ctx context.Context, tenantID string, f AuditFilter) ([]*AuditEvent, error)
+
+	// BeginIdempotent claims (scope, key) for a request whose body hashes to
+	// requestHash. It returns the stored response when the key was used
+	// before with the same hash and completed; EUNPROCESSABLE when it was
+	// used with another hash; ECONFLICT while the first request is still in
+	// flight; and, for a fresh claim, an IdempotentResponse with Fresh set.
+	BeginIdempotent(ctx context.Context, scope, key string, requestHash []byte) (*IdempotentResponse, error)
+	// CompleteIdempotent stores the response of a claimed key.
+	CompleteIdempotent(ctx context.Context, scope, key string, r *IdempotentResponse) error
+	// ReleaseIdempotent forgets a claim whose request failed on the server
+	// side, so that the client may retry with the same key.
+	ReleaseIdempotent(ctx context.Context, scope, key string) error
+	// DeleteExpiredIdempotencyKeys removes keys created before t.
+	DeleteExpiredIdempotencyKeys(ctx context.Context, before time.Time) (int64, error)
+}
+
+// IdempotentResponse is a stored response to a POST with an Idempotency-Key.
+type IdempotentResponse struct {
+	Fresh       bool // true: the key was just claimed, nothing stored yet
+	Status      int
+	ContentType string
+	Location    string
+	Body        []byte
+}
