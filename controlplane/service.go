@@ -148,6 +148,30 @@ func (s *Service) AdminCreateTenant(ctx context.Context, name, email, plan strin
 	return s.createTenant(ctx, name, email, "", plan, RequestMeta{SourceIP: "local"})
 }
 
+// AdminCreateAPIKey issues a new admin API key for the oldest tenant owned
+// by email: the operator's way back in when every key is lost (and what
+// `fleetplane dev` uses when its saved key is gone). It is audited as a
+// system action.
+func (s *Service) AdminCreateAPIKey(ctx context.Context, email, name string) (*APIKeyCreated, error) {
+	email, ok := normalizeEmail(email)
+	if !ok {
+		return nil, Errorf(EINVALID, "email: must be a valid e-mail address")
+	}
+	m, err := s.store.FindOwnerMembershipByEmail(ctx, email)
+	if ErrorCode(err) == ENOTFOUND {
+		return nil, Errorf(ENOTFOUND, "no tenant is owned by %s", email)
+	} else if err != nil {
+		return nil, err
+	}
+	p := &Principal{TenantID: m.TenantID, Role: RoleOwner, ActorType: "system", ActorID: "admin", SourceIP: "local"}
+	var key *APIKeyCreated
+	err = s.store.Tx(ctx, func(tx Store) error {
+		key, err = s.createAPIKey(ctx, tx, p, APIKeyCreate{Name: name, Role: RoleAdmin})
+		return err
+	})
+	return key, err
+}
+
 func (s *Service) createTenant(ctx context.Context, name, email, pwHash, plan string, meta RequestMeta) (*SignupResult, error) {
 	res := &SignupResult{}
 	err := s.store.Tx(ctx, func(tx Store) error {
@@ -767,6 +791,10 @@ func validateDescription(v *ValidationError, d string) {
 		v.Add("description", "must be valid UTF-8")
 	case utf8.RuneCountInString(d) > MaxDescriptionLen:
 		v.Add("description", "must be at most %d characters", MaxDescriptionLen)
+	case strings.ContainsFunc(d, func(r rune) bool { return isControl(r) && r != '\t' && r != '\n' && r != '\r' }):
+		// Postgres text cannot hold NUL (it failed as a 500), and escape
+		// sequences have no business in a description.
+		v.Add("description", "must not contain control characters other than tab and newline")
 	}
 }
 

@@ -24,6 +24,9 @@ type Store interface {
 	// An e-mail that exists answers ECONFLICT.
 	CreateUser(ctx context.Context, u *User, passwordHash string) error
 	CreateMembership(ctx context.Context, m *Membership) error
+	// FindOwnerMembershipByEmail returns the oldest owner membership of the
+	// user with this (lower-cased) e-mail: for operator tasks only.
+	FindOwnerMembershipByEmail(ctx context.Context, email string) (*Membership, error)
 
 	CreateAPIKey(ctx context.Context, k *APIKey, hash []byte) error // sets CreatedAt
 	// FindAPIKeyForAuth finds a key by its globally unique ID, for

@@ -1,0 +1,8 @@
+DROP TABLE IF EXISTS idempotency_keys;
+DROP TABLE IF EXISTS audit_events;
+DROP TABLE IF EXISTS vehicles;
+DROP TABLE IF EXISTS fleets;
+DROP TABLE IF EXISTS api_keys;
+DROP TABLE IF EXISTS memberships;
+DROP TABLE IF EXISTS users;
+DROP TABLE IF EXISTS tenants;
