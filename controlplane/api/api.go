@@ -1,0 +1,140 @@
+// Package api is Fleetplane's REST API v1: an http.Handler over
+// controlplane.Service, described by openapi.yaml (the source of truth,
+// served at /v1/openapi.json) with request and response types generated
+// from it (openapi.gen.go).
+//
+// Handlers return errors; one adapter (writeError) turns them into
+// application/problem+json through one table of error codes. The package
+// imports the domain (controlplane) and pure helpers (internal/httpx); it
+// never touches Postgres, NATS or Stripe, and no other adapter imports it
+// but cmd/.
+package api
+
+import (
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/httprate"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/fleetplane/fleetplane/controlplane"
+)
+
+// Options configure the API handler. The zero value is usable.
+type Options struct {
+	// Logger receives the access log and internal errors; nil discards them.
+	Logger *slog.Logger
+	// Registerer receives the HTTP metrics; nil keeps them unregistered.
+	Registerer prometheus.Registerer
+	// Gatherer is served at /metrics; nil = no /metrics route.
+	Gatherer prometheus.Gatherer
+	// SignupRatePerMinute limits POST /v1/signup per client IP (IPv6: per
+	// /64); default 10.
+	SignupRatePerMinute int
+	// TrustProxyHeaders takes the client IP from X-Real-IP or
+	// X-Forwarded-For. Set it only behind a proxy that sets them: otherwise
+	// any client can choose its address (and dodge the signup limit).
+	TrustProxyHeaders bool
+	// MaxBodyBytes limits request bodies; default 1 MiB.
+	MaxBodyBytes int64
+}
+
+// Defaults for Options.
+const (
+	DefaultSignupRatePerMinute       = 10
+	DefaultMaxBodyBytes        int64 = 1 << 20
+)
+
+type server struct {
+	svc     *controlplane.Service
+	opts    Options
+	log     *slog.Logger
+	metrics *metrics
+	mux     *chi.Mux
+}
+
+// New returns the HTTP handler of the API: /v1/..., /healthz, /readyz and,
+// when opts.Gatherer is set, /metrics.
+func New(svc *controlplane.Service, opts Options) http.Handler {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.SignupRatePerMinute <= 0 {
+		opts.SignupRatePerMinute = DefaultSignupRatePerMinute
+	}
+	if opts.MaxBodyBytes <= 0 {
+		opts.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	s := &server{svc: svc, opts: opts, log: opts.Logger, metrics: newMetrics(opts.Registerer), mux: chi.NewRouter()}
+	s.routes()
+	return s.mux
+}
+
+func (s *server) routes() {
+	r := s.mux
+	// Outermost first: the request ID and client IP exist before anything
+	// logs; metrics and the access log see the status of recovered panics.
+	r.Use(s.begin, s.observe, s.recoverer)
+	r.NotFound(s.handle(s.notFound))
+	r.MethodNotAllowed(s.handle(s.methodNotAllowed))
+
+	r.Get("/healthz", s.handle(s.health))
+	r.Get("/readyz", s.handle(s.ready))
+	if s.opts.Gatherer != nil {
+		r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.opts.Gatherer, promhttp.HandlerOpts{}))
+	}
+	r.Get("/v1/openapi.json", s.handle(s.openAPI))
+
+	signupLimit := httprate.NewRateLimiter(s.opts.SignupRatePerMinute, time.Minute,
+		httprate.WithKeyFuncs(func(r *http.Request) (string, error) {
+			return httprate.CanonicalizeIP(requestInfoFrom(r.Context()).clientIP), nil
+		}),
+		httprate.WithLimitHandler(s.handle(func(w http.ResponseWriter, r *http.Request) error {
+			return controlplane.Errorf(controlplane.ERATELIMIT,
+				"too many signups from this address; retry in %s seconds", w.Header().Get("Retry-After"))
+		})),
+		httprate.WithErrorHandler(func(w http.ResponseWriter, r *http.Request, err error) {
+			s.writeError(w, r, err)
+		}),
+	)
+	r.With(signupLimit.Handler, s.idempotent(signupNote)).Post("/v1/signup", s.handle(s.signup))
+
+	r.Group(func(r chi.Router) {
+		r.Use(s.authenticate)
+		r.Get("/v1/tenant", s.handle(s.getTenant))
+
+		r.Get("/v1/api-keys", s.handle(s.listAPIKeys))
+		r.With(s.idempotent(apiKeyNote)).Post("/v1/api-keys", s.handle(s.createAPIKey))
+		r.Delete("/v1/api-keys/{id}", s.handle(s.revokeAPIKey))
+
+		r.Get("/v1/fleets", s.handle(s.listFleets))
+		r.With(s.idempotent(nil)).Post("/v1/fleets", s.handle(s.createFleet))
+		r.Get("/v1/fleets/{fleet}", s.handle(s.getFleet))
+		r.Patch("/v1/fleets/{fleet}", s.handle(s.updateFleet))
+		r.Delete("/v1/fleets/{fleet}", s.handle(s.deleteFleet))
+
+		r.Get("/v1/fleets/{fleet}/vehicles", s.handle(s.listVehicles))
+		r.With(s.idempotent(nil)).Post("/v1/fleets/{fleet}/vehicles", s.handle(s.createVehicle))
+		r.Get("/v1/fleets/{fleet}/vehicles/{vehicle}", s.handle(s.getVehicle))
+		r.Patch("/v1/fleets/{fleet}/vehicles/{vehicle}", s.handle(s.updateVehicle))
+		r.Delete("/v1/fleets/{fleet}/vehicles/{vehicle}", s.handle(s.deleteVehicle))
+
+		r.Get("/v1/regions", s.handle(s.listRegions))
+		r.Get("/v1/audit-events", s.handle(s.listAuditEvents))
+	})
+}
+
+// handlerFunc is an HTTP handler that returns its error instead of writing it.
+type handlerFunc func(w http.ResponseWriter, r *http.Request) error
+
+// handle adapts h: a returned error becomes a problem+json response.
+func (s *server) handle(h handlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if err := h(w, r); err != nil {
+			s.writeError(w, r, err)
+		}
+	}
+}
