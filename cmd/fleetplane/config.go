@@ -1,0 +1,311 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/fleetplane/fleetplane/controlplane"
+)
+
+// Config is the control plane's configuration. It is built here, in cmd/,
+// from defaults, then the YAML file (--config / FLEETPLANE_CONFIG), then the
+// environment (FLEETPLANE_<NAME>, secrets also from FLEETPLANE_<NAME>_FILE),
+// then flags; the later source wins. Validate checks it once.
+type Config struct {
+	HTTPAddr            string        `yaml:"http_addr"`
+	PublicURL           string        `yaml:"public_url"`
+	DatabaseURL         string        `yaml:"database_url"`
+	DatabaseURLFile     string        `yaml:"database_url_file"`
+	DBMaxConns          int           `yaml:"db_max_conns"`
+	MigrateOnStart      bool          `yaml:"migrate_on_start"`
+	Regions             []RegionConf  `yaml:"regions"`
+	LogLevel            string        `yaml:"log_level"`
+	LogFormat           string        `yaml:"log_format"`
+	SignupRatePerMinute int           `yaml:"signup_rate_per_minute"`
+	TrustProxyHeaders   bool          `yaml:"trust_proxy_headers"`
+	ShutdownTimeout     time.Duration `yaml:"shutdown_timeout"`
+}
+
+// RegionConf is one hub region in the configuration.
+type RegionConf struct {
+	Name        string `yaml:"name"`
+	DisplayName string `yaml:"display_name"`
+}
+
+func defaultConfig() Config {
+	return Config{
+		HTTPAddr:            ":8080",
+		DBMaxConns:          16,
+		Regions:             []RegionConf{{Name: "local", DisplayName: "Local"}},
+		LogLevel:            "info",
+		LogFormat:           "json",
+		SignupRatePerMinute: 10,
+		ShutdownTimeout:     20 * time.Second,
+	}
+}
+
+// setting binds one configuration value to its flag, environment variable
+// and parser, so each value is declared once.
+type setting struct {
+	name   string // flag name; the env name is FLEETPLANE_ + upper(name with - → _)
+	usage  string
+	secret bool // also read FLEETPLANE_<NAME>_FILE
+	get    func() string
+	set    func(string) error
+}
+
+func (s setting) envName() string {
+	return "FLEETPLANE_" + strings.ToUpper(strings.ReplaceAll(s.name, "-", "_"))
+}
+
+func (c *Config) settings() []setting {
+	str := func(p *string) func(string) error { return func(v string) error { *p = v; return nil } }
+	return []setting{
+		{name: "http-addr", usage: "HTTP listen address", get: func() string { return c.HTTPAddr }, set: str(&c.HTTPAddr)},
+		{name: "public-url", usage: "public base URL of the control plane (for links and the install script)", get: func() string { return c.PublicURL }, set: str(&c.PublicURL)},
+		{name: "database-url", usage: "Postgres URL (also DATABASE_URL)", secret: true, get: func() string { return redactURL(c.DatabaseURL) }, set: str(&c.DatabaseURL)},
+		{name: "db-max-conns", usage: "maximum Postgres connections", get: func() string { return strconv.Itoa(c.DBMaxConns) }, set: intSetter(&c.DBMaxConns)},
+		{name: "migrate-on-start", usage: "apply pending migrations at start", get: func() string { return strconv.FormatBool(c.MigrateOnStart) }, set: boolSetter(&c.MigrateOnStart)},
+		{name: "regions", usage: "hub regions as name[:Display Name],...", get: func() string { return formatRegions(c.Regions) }, set: func(v string) error {
+			r, err := parseRegions(v)
+			if err == nil {
+				c.Regions = r
+			}
+			return err
+		}},
+		{name: "log-level", usage: "debug, info, warn or error", get: func() string { return c.LogLevel }, set: str(&c.LogLevel)},
+		{name: "log-format", usage: "json or text", get: func() string { return c.LogFormat }, set: str(&c.LogFormat)},
+		{name: "signup-rate-per-minute", usage: "signups allowed per client IP per minute", get: func() string { return strconv.Itoa(c.SignupRatePerMinute) }, set: intSetter(&c.SignupRatePerMinute)},
+		{name: "trust-proxy-headers", usage: "take the client IP from X-Forwarded-For (only behind a trusted proxy)", get: func() string { return strconv.FormatBool(c.TrustProxyHeaders) }, set: boolSetter(&c.TrustProxyHeaders)},
+		{name: "shutdown-timeout", usage: "how long to drain requests on shutdown", get: func() string { return c.ShutdownTimeout.String() }, set: durationSetter(&c.ShutdownTimeout)},
+	}
+}
+
+func intSetter(p *int) func(string) error {
+	return func(v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return fmt.Errorf("not an integer: %q", v)
+		}
+		*p = n
+		return nil
+	}
+}
+
+func boolSetter(p *bool) func(string) error {
+	return func(v string) error {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("not a boolean: %q", v)
+		}
+		*p = b
+		return nil
+	}
+}
+
+func durationSetter(p *time.Duration) func(string) error {
+	return func(v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("not a duration: %q", v)
+		}
+		*p = d
+		return nil
+	}
+}
+
+// loadConfig builds the configuration for a command: fs must already hold
+// the command's own flags; loadConfig adds the shared ones, parses args
+// and applies file, environment and flags in that order.
+func loadConfig(fs *flag.FlagSet, args []string, getenv func(string) string, cfg *Config) error {
+	configPath := getenv("FLEETPLANE_CONFIG")
+	fs.StringVar(&configPath, "config", configPath, "YAML configuration file (also FLEETPLANE_CONFIG)")
+	// Flags are recorded first and applied last, so that they win over the
+	// file and the environment.
+	type pending struct {
+		s setting
+		v string
+	}
+	var fromFlags []pending
+	for _, s := range cfg.settings() {
+		fs.Func(s.name, s.usage+" (env "+s.envName()+")", func(v string) error {
+			fromFlags = append(fromFlags, pending{s, v})
+			return nil
+		})
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return &usageError{fmt.Sprintf("unexpected arguments: %q", fs.Args())}
+	}
+	if configPath != "" {
+		if err := loadConfigFile(configPath, cfg); err != nil {
+			return err
+		}
+	}
+	if cfg.DatabaseURLFile != "" {
+		v, err := readSecretFile(cfg.DatabaseURLFile)
+		if err != nil {
+			return fmt.Errorf("config: database_url_file: %w", err)
+		}
+		cfg.DatabaseURL = v
+	}
+	if v := getenv("DATABASE_URL"); v != "" {
+		cfg.DatabaseURL = v
+	}
+	for _, s := range cfg.settings() {
+		if s.secret {
+			if path := getenv(s.envName() + "_FILE"); path != "" {
+				v, err := readSecretFile(path)
+				if err != nil {
+					return fmt.Errorf("config: %s_FILE: %w", s.envName(), err)
+				}
+				if err := s.set(v); err != nil {
+					return fmt.Errorf("config: %s_FILE: %w", s.envName(), err)
+				}
+			}
+		}
+		if v := getenv(s.envName()); v != "" {
+			if err := s.set(v); err != nil {
+				return fmt.Errorf("config: %s: %w", s.envName(), err)
+			}
+		}
+	}
+	for _, p := range fromFlags {
+		if err := p.s.set(p.v); err != nil {
+			return &usageError{fmt.Sprintf("flag -%s: %v", p.s.name, err)}
+		}
+	}
+	return cfg.Validate()
+}
+
+func loadConfigFile(path string, cfg *Config) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	return nil
+}
+
+func readSecretFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimRight(string(b), "\r\n"), nil
+}
+
+// Validate checks the configuration as a whole.
+func (c *Config) Validate() error {
+	var errs []error
+	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
+		errs = append(errs, fmt.Errorf("http_addr %q: %v", c.HTTPAddr, err))
+	}
+	if c.DBMaxConns < 1 || c.DBMaxConns > 1000 {
+		errs = append(errs, fmt.Errorf("db_max_conns must be 1-1000, got %d", c.DBMaxConns))
+	}
+	if len(c.Regions) == 0 {
+		errs = append(errs, errors.New("at least one region must be configured"))
+	}
+	seen := map[string]bool{}
+	for _, r := range c.Regions {
+		if !controlplane.ValidRegionName(r.Name) {
+			errs = append(errs, fmt.Errorf("region name %q must be 1-32 characters of a-z, 0-9 and '-'", r.Name))
+		}
+		if seen[r.Name] {
+			errs = append(errs, fmt.Errorf("region %q is configured twice", r.Name))
+		}
+		seen[r.Name] = true
+	}
+	if _, err := parseLevel(c.LogLevel); err != nil {
+		errs = append(errs, err)
+	}
+	if c.LogFormat != "json" && c.LogFormat != "text" {
+		errs = append(errs, fmt.Errorf("log_format must be json or text, got %q", c.LogFormat))
+	}
+	if c.SignupRatePerMinute < 1 {
+		errs = append(errs, fmt.Errorf("signup_rate_per_minute must be at least 1, got %d", c.SignupRatePerMinute))
+	}
+	if c.ShutdownTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("shutdown_timeout must be positive"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("invalid configuration: %w", err)
+	}
+	return nil
+}
+
+func (c *Config) domainRegions() []controlplane.Region {
+	out := make([]controlplane.Region, len(c.Regions))
+	for i, r := range c.Regions {
+		out[i] = controlplane.Region{Name: r.Name, DisplayName: r.DisplayName}
+		if out[i].DisplayName == "" {
+			out[i].DisplayName = r.Name
+		}
+	}
+	return out
+}
+
+func parseRegions(v string) ([]RegionConf, error) {
+	var out []RegionConf
+	for _, part := range strings.Split(v, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		name, display, _ := strings.Cut(part, ":")
+		out = append(out, RegionConf{Name: strings.TrimSpace(name), DisplayName: strings.TrimSpace(display)})
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no regions given")
+	}
+	return out, nil
+}
+
+func formatRegions(rs []RegionConf) string {
+	parts := make([]string, len(rs))
+	for i, r := range rs {
+		parts[i] = r.Name
+		if r.DisplayName != "" {
+			parts[i] += ":" + r.DisplayName
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("log_level must be debug, info, warn or error, got %q", s)
+	}
+	return l, nil
+}
+
+// redactURL hides the password of a URL for display.
+func redactURL(s string) string {
+	if s == "" {
+		return ""
+	}
+	if u, err := url.Parse(s); err == nil {
+		return u.Redacted()
+	}
+	return "(set)"
+}
