@@ -596,14 +596,21 @@ func (s *Service) Vehicles(ctx context.Context, fleetSlug string, q VehicleQuery
 	if err := v.Err(); err != nil {
 		return nil, err
 	}
-	f, err := s.findFleet(ctx, s.store, p.TenantID, fleetSlug)
-	if err != nil {
-		return nil, err
+	if !ValidSlug(fleetSlug) {
+		return nil, Errorf(ENOTFOUND, "fleet %q not found", fleetSlug)
 	}
-	filter.FleetID = &f.ID
+	// One query per page: the fleet is joined by slug rather than looked up
+	// first (which also counted its vehicles). Only an empty page needs to
+	// tell "no such fleet" from "no vehicles".
+	filter.FleetSlug = &fleetSlug
 	vs, err := s.store.FindVehicles(ctx, p.TenantID, filter)
 	if err != nil {
 		return nil, err
+	}
+	if len(vs) == 0 {
+		if _, err := s.findFleet(ctx, s.store, p.TenantID, fleetSlug); err != nil {
+			return nil, err
+		}
 	}
 	return newPage(vs, limit, func(v *Vehicle) string { return v.VehicleID }), nil
 }

@@ -56,6 +56,7 @@ type VehicleUpdate struct {
 // VehicleFilter selects vehicles of one tenant.
 type VehicleFilter struct {
 	FleetID         *int64
+	FleetSlug       *string // like FleetID, without a separate fleet lookup
 	Status          *VehicleStatus
 	VehicleIDPrefix *string
 	Label           *LabelSelector

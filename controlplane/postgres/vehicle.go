@@ -102,6 +102,9 @@ func findVehiclesQuery(tenantID string, f controlplane.VehicleFilter) (string, [
 	if f.FleetID != nil {
 		w.add("v.fleet_id = ?", *f.FleetID)
 	}
+	if f.FleetSlug != nil {
+		w.add("f.slug = ?", *f.FleetSlug)
+	}
 	if f.Status != nil {
 		w.add("v.status = ?", string(*f.Status))
 	}
