@@ -360,9 +360,6 @@ func TestDev(t *testing.T) {
 // TestDevLocalPostgres is what `make run` does: dev starts its own Postgres
 // under the state directory and stops it on Ctrl-C (context cancel).
 func TestDevLocalPostgres(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a second Postgres server")
-	}
 	state := t.TempDir()
 	// Postgres runs as the postgres user when the tests run as root: it
 	// must be able to enter the test's temporary directories.
