@@ -56,6 +56,68 @@ type Store interface {
 	CreateAuditEvent(ctx context.Context, e *AuditEvent) error // sets ID, At
 	FindAuditEvents(ctx context.Context, tenantID string, f AuditFilter) ([]*AuditEvent, error)
 
+	// --- NATS identity (identity.go) ---
+
+	// CreateOperator stores the operator; one that exists answers ECONFLICT.
+	CreateOperator(ctx context.Context, op *Operator) error // sets CreatedAt
+	FindOperator(ctx context.Context) (*Operator, error)
+
+	CreateAccount(ctx context.Context, a *Account) error // sets CreatedAt, UpdatedAt
+	// FindAccount returns a tenant's account; forUpdate locks its row until
+	// the transaction ends (use inside Tx to serialize version changes).
+	FindAccount(ctx context.Context, tenantID string, forUpdate bool) (*Account, error)
+	// UpdateAccount writes Limits, Revocations, Version and JWT.
+	UpdateAccount(ctx context.Context, a *Account) error // sets UpdatedAt
+	// MarkAccountPushed raises PushedVersion to version (never lowers it).
+	MarkAccountPushed(ctx context.Context, tenantID string, version int64, at time.Time) error
+	// FindAccountsBehind lists accounts whose PushedVersion < Version.
+	FindAccountsBehind(ctx context.Context, limit int) ([]*Account, error)
+	// EnqueueAccountPush inserts a durable push job, runnable at runAt, in
+	// the store's transaction.
+	EnqueueAccountPush(ctx context.Context, job AccountPushJob, runAt time.Time) error
+
+	CreateEnrollmentToken(ctx context.Context, t *EnrollmentToken, hash []byte) error // sets CreatedAt
+	FindEnrollmentTokenByID(ctx context.Context, tenantID, id string) (*EnrollmentToken, error)
+	FindEnrollmentTokens(ctx context.Context, tenantID string, f EnrollmentTokenFilter) ([]*EnrollmentToken, error)
+	// RevokeEnrollmentToken sets revoked_at; a revoked token answers ENOTFOUND.
+	RevokeEnrollmentToken(ctx context.Context, tenantID, id string, at time.Time) error
+	// FindEnrollmentTokenForAuth finds a token by its globally unique ID
+	// for /v1/enroll: not scoped by tenant, like FindAPIKeyForAuth.
+	FindEnrollmentTokenForAuth(ctx context.Context, id string) (*EnrollmentToken, []byte, error)
+	// UseEnrollmentToken counts one use if the token is unrevoked, unexpired
+	// at `at` and has uses left; otherwise ECONFLICT. Concurrent callers are
+	// serialized on the row: a single-use token is used exactly once.
+	UseEnrollmentToken(ctx context.Context, id string, at time.Time) error
+
+	// SetVehicleEnrollment stores a vehicle's credentials metadata. A user
+	// key held by another vehicle or grant answers ECONFLICT.
+	SetVehicleEnrollment(ctx context.Context, tenantID string, id int64, e VehicleEnrollment) (*Vehicle, error)
+	// FindVehicleByUserKey finds the vehicle holding a user key, in any
+	// tenant (for /v1/agent/renew, authenticated by that key).
+	FindVehicleByUserKey(ctx context.Context, userPub string) (*Vehicle, error)
+
+	// CreateAgentNonce stores a single-use renewal challenge.
+	CreateAgentNonce(ctx context.Context, userPub, nonce string, expires time.Time) error
+	// ConsumeAgentNonce deletes the nonce; a missing, used or expired
+	// (at `at`) nonce answers ENOTFOUND.
+	ConsumeAgentNonce(ctx context.Context, userPub, nonce string, at time.Time) error
+	// DeleteExpiredAgentNonces removes nonces that expired before t.
+	DeleteExpiredAgentNonces(ctx context.Context, before time.Time) (int64, error)
+
+	CreateGrant(ctx context.Context, g *Grant) error // sets CreatedAt; ECONFLICT on a user key in use
+	FindGrant(ctx context.Context, tenantID, id string) (*Grant, error)
+	FindGrants(ctx context.Context, tenantID string, f GrantFilter) ([]*Grant, error)
+	// RevokeGrant sets revoked_at; a revoked grant answers ENOTFOUND.
+	RevokeGrant(ctx context.Context, tenantID, id string, at time.Time) error
+
+	CreateRevocation(ctx context.Context, r *Revocation) error // sets ID
+	// UpdateRevocation writes Status, CompletedAt, Nodes, Connections,
+	// ConnectionsRemaining, Latency, Attempts and LastError.
+	UpdateRevocation(ctx context.Context, r *Revocation) error
+	FindRevocation(ctx context.Context, tenantID string, id int64) (*Revocation, error)
+	// FindLatestRevocation returns the newest revocation of a target.
+	FindLatestRevocation(ctx context.Context, tenantID, kind, targetID string) (*Revocation, error)
+
 	// BeginIdempotent claims (scope, key) for a request whose body hashes to
 	// requestHash. It returns the stored response when the key was used
 	// before with the same hash and completed; EUNPROCESSABLE when it was

@@ -36,6 +36,17 @@ type Vehicle struct {
 	UpdatedAt  time.Time
 	EnrolledAt *time.Time
 	LastSeenAt *time.Time
+
+	// Credentials: the user key the vehicle enrolled with (its seed never
+	// leaves the vehicle) and when its current JWT expires.
+	UserPublicKey       string
+	CredentialsExpireAt *time.Time
+	Hostname            string
+	Arch                string
+	AgentVersion        string
+	// Revocation is the latest revocation of this vehicle's key, if any
+	// (filled by the Service on single-vehicle reads).
+	Revocation *Revocation
 }
 
 // VehicleCreate pre-registers a vehicle by its ID.

@@ -26,6 +26,17 @@ func TestConstraints(t *testing.T) {
 	insertFleet := `INSERT INTO fleets (tenant_id, slug, name, environment, region) VALUES ($1, $2, 'n', $3, $4)`
 	insertVehicle := `INSERT INTO vehicles (tenant_id, fleet_id, vehicle_id, name, labels, status) VALUES ($1, $2, $3, 'n', $4::jsonb, $5)`
 	long := func(n int, c string) string { return strings.Repeat(c, n) }
+	insertToken := `INSERT INTO enrollment_tokens (id, tenant_id, fleet_id, secret_hash, expires_at, max_uses, uses, vehicle_id, created_by)
+		VALUES ($1, $2, $3, $4, now() + interval '1 hour', $5, $6, $7, 's')`
+	setVehicleKey := `UPDATE vehicles SET user_public_key = $1 WHERE tenant_id = $2 AND vehicle_id = $3`
+	insertGrant := `INSERT INTO grants (id, tenant_id, user_public_key, expires_at, region, created_by) VALUES ($1, $2, $3, now(), 'eu', 's')`
+	insertOperator := `INSERT INTO nats_operator (id, name, public_key, jwt, system_account_public_key, system_account_jwt, sealed)
+		VALUES ($1, 'op', $2, 'j', $3, 'j', '\x01')`
+	insertAccount := `INSERT INTO nats_accounts (tenant_id, name, public_key, vehicle_signing_key, grant_signing_key, service_signing_key,
+		sealed, limits, version, jwt, pushed_version) VALUES ($1, 'a', $2, $3, $3, $3, '\x01', '{}', $4, 'j', $5)`
+	insertRevocation := `INSERT INTO revocations (tenant_id, kind, target_id, user_public_key, account_version, status, completed_at)
+		VALUES ($1, $2, 'x', $3, 1, $4, $5)`
+	vehicleKey, grantKey := FakeKey('U'), FakeKey('U')
 
 	for _, tc := range []struct {
 		name       string
@@ -83,6 +94,33 @@ func TestConstraints(t *testing.T) {
 			[]any{tn.ID}, nil, "", "23514", "memberships_role_check"},
 		{"audit actor", `INSERT INTO audit_events (tenant_id, actor_type, actor_id, action, target_type, target_id) VALUES ($1, 'robot', 'x', 'a', 't', 'i')`,
 			[]any{tn.ID}, nil, "", "23514", "audit_events_actor_type_check"},
+		// Enrollment tokens.
+		{"token ok", insertToken, []any{"abcdefghijklmnop", tn.ID, f.ID, hashOf("x"), 3, 0, "Drone_1-a"}, controlplane.ValidVehicleID, "Drone_1-a", "", ""},
+		{"token id", insertToken, []any{"abcdefghijklmno1", tn.ID, f.ID, hashOf("x"), 1, 0, nil}, nil, "", "23514", "enrollment_tokens_id_check"},
+		{"token hash", insertToken, []any{"bbcdefghijklmnop", tn.ID, f.ID, []byte("short"), 1, 0, nil}, nil, "", "23514", "enrollment_tokens_secret_hash_check"},
+		{"token no uses", insertToken, []any{"bbcdefghijklmnop", tn.ID, f.ID, hashOf("x"), 0, 0, nil}, nil, "", "23514", "enrollment_tokens_max_uses_check"},
+		{"token overused", insertToken, []any{"bbcdefghijklmnop", tn.ID, f.ID, hashOf("x"), 1, 2, nil}, nil, "", "23514", "enrollment_tokens_uses_check"},
+		{"token vehicle ID", insertToken, []any{"bbcdefghijklmnop", tn.ID, f.ID, hashOf("x"), 1, 0, "a.b"}, controlplane.ValidVehicleID, "a.b", "23514", "enrollment_tokens_vehicle_id_check"},
+		{"token in another tenant's fleet", insertToken, []any{"bbcdefghijklmnop", tn.ID, otherFleet.ID, hashOf("x"), 1, 0, nil}, nil, "", "23503", "enrollment_tokens_fleet_fkey"},
+		// User keys: nkeys, and one holder each across vehicles and grants.
+		{"vehicle key ok", setVehicleKey, []any{vehicleKey, tn.ID, "Drone_1-a"}, nil, "", "", ""},
+		{"vehicle key of an account", setVehicleKey, []any{FakeKey('A'), tn.ID, long(64, "v")}, nil, "", "23514", "vehicles_user_public_key_check"},
+		{"vehicle key short", setVehicleKey, []any{vehicleKey[:55], tn.ID, long(64, "v")}, nil, "", "23514", "vehicles_user_public_key_check"},
+		{"vehicle key of a vehicle", setVehicleKey, []any{vehicleKey, tn.ID, long(64, "v")}, nil, "", "23505", "vehicles_user_public_key_key"},
+		{"grant ok", insertGrant, []any{"grantaaaaaaaaaaa", tn.ID, grantKey}, nil, "", "", ""},
+		{"grant id", insertGrant, []any{"grant-1", tn.ID, FakeKey('U')}, nil, "", "23514", "grants_id_check"},
+		{"grant key of a grant", insertGrant, []any{"grantbbbbbbbbbbb", tn.ID, grantKey}, nil, "", "23505", "grants_user_public_key_key"},
+		{"grant key of a vehicle", insertGrant, []any{"grantbbbbbbbbbbb", tn.ID, vehicleKey}, nil, "", "23505", "nats_user_keys_pkey"},
+		{"vehicle key of a grant", setVehicleKey, []any{grantKey, tn.ID, long(64, "v")}, nil, "", "23505", "nats_user_keys_pkey"},
+		{"nonce key", `INSERT INTO agent_nonces (nonce, user_public_key, expires_at) VALUES ('n', $1, now())`, []any{FakeKey('O')}, nil, "", "23514", "agent_nonces_user_public_key_check"},
+		// The operator is a singleton; accounts and revocations.
+		{"operator ok", insertOperator, []any{true, FakeKey('O'), FakeKey('A')}, nil, "", "", ""},
+		{"second operator", insertOperator, []any{false, FakeKey('O'), FakeKey('A')}, nil, "", "23514", "nats_operator_id_check"},
+		{"account version 0", insertAccount, []any{tn.ID, FakeKey('A'), FakeKey('A'), 0, 0}, nil, "", "23514", "nats_accounts_version_check"},
+		{"account pushed ahead", insertAccount, []any{tn.ID, FakeKey('A'), FakeKey('A'), 1, 2}, nil, "", "23514", "nats_accounts_pushed_version_check"},
+		{"account key", insertAccount, []any{tn.ID, FakeKey('U'), FakeKey('A'), 1, 0}, nil, "", "23514", "nats_accounts_public_key_check"},
+		{"revocation kind", insertRevocation, []any{tn.ID, "fleet", FakeKey('U'), "pending", nil}, nil, "", "23514", "revocations_kind_check"},
+		{"revocation proven, not completed", insertRevocation, []any{tn.ID, "grant", FakeKey('U'), "proven", nil}, nil, "", "23514", "revocations_completed_check"},
 		{"idempotency status without completion", `INSERT INTO idempotency_keys (scope, key, request_hash, status) VALUES ('s', 'k', '\x00', 200)`,
 			nil, nil, "", "23514", "idempotency_keys_completed_check"},
 	} {

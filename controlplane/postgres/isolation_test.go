@@ -24,6 +24,10 @@ func TestTenantIsolation(t *testing.T) {
 		vehicle      *controlplane.Vehicle
 		key          *controlplane.APIKey
 		event        *controlplane.AuditEvent
+		account      *controlplane.Account
+		token        *controlplane.EnrollmentToken
+		grant        *controlplane.Grant
+		revocation   *controlplane.Revocation
 	}
 	mk := func(name string) world {
 		w := world{tenant: MustTenant(t, s, name)}
@@ -34,6 +38,11 @@ func TestTenantIsolation(t *testing.T) {
 		MustVehicle(t, s, w.fleet, "common", map[string]string{"site": "north"}) // same vehicle ID in both tenants
 		w.key = MustAPIKey(t, s, id, controlplane.RoleAdmin)
 		w.event = MustAuditEvent(t, s, id, "fleet.create", "shared-"+name)
+		w.account = MustAccount(t, s, id)
+		w.token = MustToken(t, s, w.fleet, 5, time.Now().Add(time.Hour))
+		w.grant = MustGrant(t, s, id, time.Now().Add(time.Hour))
+		// The same target in both tenants.
+		w.revocation = MustRevocation(t, s, id, controlplane.RevokeVehicle, "common")
 		return w
 	}
 	a, b := mk("a"), mk("b")
@@ -154,6 +163,105 @@ func TestTenantIsolation(t *testing.T) {
 				t.Errorf("B's target: %v, %v", evs, err)
 			}
 		}},
+		{"FindAccount", func(t *testing.T) {
+			acc, err := s.FindAccount(ctx, A, true)
+			if err != nil || acc.PublicKey != a.account.PublicKey {
+				t.Errorf("A's account = %+v, %v", acc, err)
+			}
+		}},
+		{"UpdateAccount and MarkAccountPushed", func(t *testing.T) {
+			// The account is named by its tenant: A can only name its own.
+			mine := *a.account
+			mine.Version, mine.JWT = 5, "jwt-5"
+			if err := s.UpdateAccount(ctx, &mine); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.MarkAccountPushed(ctx, A, 5, now); err != nil {
+				t.Fatal(err)
+			}
+			acc, err := s.FindAccount(ctx, b.tenant.ID, false)
+			if err != nil || acc.Version != 1 || acc.PushedVersion != 0 || acc.JWT != b.account.JWT {
+				t.Errorf("B's account after A's updates: %+v, %v", acc, err)
+			}
+		}},
+		{"CreateEnrollmentToken in B's fleet", func(t *testing.T) {
+			tok := &controlplane.EnrollmentToken{ID: "intruderintruder", TenantID: A, FleetID: b.fleet.ID, ExpiresAt: now.Add(time.Hour), CreatedBy: "x"}
+			notFound(t, s.CreateEnrollmentToken(ctx, tok, hashOf("x")))
+		}},
+		{"FindEnrollmentTokenByID", func(t *testing.T) {
+			_, err := s.FindEnrollmentTokenByID(ctx, A, b.token.ID)
+			notFound(t, err)
+		}},
+		{"FindEnrollmentTokens", func(t *testing.T) {
+			ts, err := s.FindEnrollmentTokens(ctx, A, controlplane.EnrollmentTokenFilter{FleetID: b.fleet.ID, IncludeRevoked: true})
+			if err != nil || len(ts) != 0 {
+				t.Errorf("B's fleet: %v, %v", tokenIDs(ts), err)
+			}
+			ts, err = s.FindEnrollmentTokens(ctx, A, controlplane.EnrollmentTokenFilter{FleetID: a.fleet.ID, IncludeRevoked: true})
+			if got := tokenIDs(ts); err != nil || !eq(got, []string{a.token.ID}) {
+				t.Errorf("A's fleet: %v, %v", got, err)
+			}
+			// B's token as a cursor does not reveal where it sorts.
+			ts, err = s.FindEnrollmentTokens(ctx, A, controlplane.EnrollmentTokenFilter{FleetID: a.fleet.ID, IncludeRevoked: true, After: b.token.ID})
+			if err != nil || len(ts) != 0 {
+				t.Errorf("after B's token: %v, %v", tokenIDs(ts), err)
+			}
+		}},
+		{"RevokeEnrollmentToken", func(t *testing.T) {
+			notFound(t, s.RevokeEnrollmentToken(ctx, A, b.token.ID, now))
+			tok, err := s.FindEnrollmentTokenByID(ctx, b.tenant.ID, b.token.ID)
+			if err != nil || tok.RevokedAt != nil {
+				t.Errorf("B's token after A's revoke: %+v, %v", tok, err)
+			}
+		}},
+		{"SetVehicleEnrollment", func(t *testing.T) {
+			_, err := s.SetVehicleEnrollment(ctx, A, b.vehicle.ID, controlplane.VehicleEnrollment{UserPublicKey: FakeKey('U'), Status: controlplane.VehicleActive})
+			notFound(t, err)
+			v, err := s.FindVehicle(ctx, b.tenant.ID, b.fleet.ID, b.vehicle.VehicleID)
+			if err != nil || v.UserPublicKey != "" || v.Status != controlplane.VehiclePending {
+				t.Errorf("B's vehicle after A's enrollment: %+v, %v", v, err)
+			}
+		}},
+		{"FindGrant", func(t *testing.T) {
+			_, err := s.FindGrant(ctx, A, b.grant.ID)
+			notFound(t, err)
+		}},
+		{"FindGrants", func(t *testing.T) {
+			gs, err := s.FindGrants(ctx, A, controlplane.GrantFilter{IncludeInactive: true})
+			if got := grantIDs(gs); err != nil || !eq(got, []string{a.grant.ID}) {
+				t.Errorf("got %v, %v", got, err)
+			}
+			gs, err = s.FindGrants(ctx, A, controlplane.GrantFilter{IncludeInactive: true, After: b.grant.ID})
+			if err != nil || len(gs) != 0 {
+				t.Errorf("after B's grant: %v, %v", grantIDs(gs), err)
+			}
+		}},
+		{"RevokeGrant", func(t *testing.T) {
+			notFound(t, s.RevokeGrant(ctx, A, b.grant.ID, now))
+			g, err := s.FindGrant(ctx, b.tenant.ID, b.grant.ID)
+			if err != nil || g.RevokedAt != nil {
+				t.Errorf("B's grant after A's revoke: %+v, %v", g, err)
+			}
+		}},
+		{"FindRevocation", func(t *testing.T) {
+			_, err := s.FindRevocation(ctx, A, b.revocation.ID)
+			notFound(t, err)
+		}},
+		{"FindLatestRevocation", func(t *testing.T) {
+			r, err := s.FindLatestRevocation(ctx, A, controlplane.RevokeVehicle, "common")
+			if err != nil || r.ID != a.revocation.ID {
+				t.Errorf("A's latest revocation of common = %+v, %v; want ID %d", r, err, a.revocation.ID)
+			}
+		}},
+		{"UpdateRevocation", func(t *testing.T) {
+			r := *b.revocation
+			r.TenantID, r.Attempts, r.LastError = A, 9, "hijacked"
+			notFound(t, s.UpdateRevocation(ctx, &r))
+			got, err := s.FindRevocation(ctx, b.tenant.ID, b.revocation.ID)
+			if err != nil || got.Attempts != 0 || got.LastError != "" {
+				t.Errorf("B's revocation after A's update: %+v, %v", got, err)
+			}
+		}},
 		{"nobody's tenant", func(t *testing.T) {
 			const nobody = "00000000-0000-0000-0000-000000000000"
 			fs, err1 := s.FindFleets(ctx, nobody, controlplane.FleetFilter{})
@@ -161,9 +269,13 @@ func TestTenantIsolation(t *testing.T) {
 			ks, err3 := s.FindAPIKeys(ctx, nobody, controlplane.APIKeyFilter{IncludeRevoked: true})
 			evs, err4 := s.FindAuditEvents(ctx, nobody, controlplane.AuditFilter{})
 			n, err5 := s.CountVehicles(ctx, nobody)
-			if len(fs)+len(vs)+len(ks)+len(evs)+n != 0 || slices.ContainsFunc([]error{err1, err2, err3, err4, err5}, func(e error) bool { return e != nil }) {
-				t.Errorf("got %v %v %v %v %d; errors %v %v %v %v %v", fs, vs, ks, evs, n, err1, err2, err3, err4, err5)
+			ts, err6 := s.FindEnrollmentTokens(ctx, nobody, controlplane.EnrollmentTokenFilter{FleetID: a.fleet.ID, IncludeRevoked: true})
+			gs, err7 := s.FindGrants(ctx, nobody, controlplane.GrantFilter{IncludeInactive: true})
+			if len(fs)+len(vs)+len(ks)+len(evs)+n+len(ts)+len(gs) != 0 || slices.ContainsFunc([]error{err1, err2, err3, err4, err5, err6, err7}, func(e error) bool { return e != nil }) {
+				t.Errorf("got %v %v %v %v %d %v %v; errors %v %v %v %v %v %v %v", fs, vs, ks, evs, n, ts, gs, err1, err2, err3, err4, err5, err6, err7)
 			}
+			_, err := s.FindAccount(ctx, nobody, false)
+			notFound(t, err)
 		}},
 	} {
 		t.Run(tc.name, tc.run)

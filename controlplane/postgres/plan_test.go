@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/fleetplane/fleetplane/controlplane"
 	"github.com/fleetplane/fleetplane/internal/pgtest"
 )
@@ -64,3 +66,46 @@ func TestFindVehiclesPlans(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestIdentityListPlans: the newest-first keyset queries of tokens and
+// grants read their (..., created_at, id) index backwards, the cursor's
+// row comparison included, with no sort.
+func TestIdentityListPlans(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.NewPool(t)
+	ctx := context.Background()
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, `SET enable_seqscan = off; SET enable_sort = off`); err != nil {
+		t.Fatal(err)
+	}
+	const tenant = "00000000-0000-0000-0000-000000000001"
+	for _, after := range []string{"", "abcdefghijklmnop"} {
+		for table, query := range map[string]func() (string, []any){
+			"enrollment_tokens": func() (string, []any) {
+				return findEnrollmentTokensQuery(tenant, controlplane.EnrollmentTokenFilter{FleetID: 1, After: after, Limit: 51})
+			},
+			"grants": func() (string, []any) {
+				return findGrantsQuery(tenant, controlplane.GrantFilter{After: after, Limit: 51})
+			},
+		} {
+			q, args := query()
+			rows, err := conn.Query(ctx, "EXPLAIN "+q, args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			plan, err := pgx.CollectRows(rows, pgx.RowTo[string])
+			if err != nil {
+				t.Fatal(err)
+			}
+			text := strings.Join(plan, "\n")
+			if strings.Contains(text, "Seq Scan on "+table) || strings.Contains(text, "Sort") || !strings.Contains(text, "Index Scan Backward") ||
+				(after != "" && !strings.Contains(text, "ROW(created_at, id) < ROW(")) {
+				t.Errorf("%s after %q: no index serves the query:\n%s", table, after, text)
+			}
+		}
+	}
+}

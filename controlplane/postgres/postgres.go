@@ -6,9 +6,9 @@
 // controlplane errors here, once: unique and in-use violations are
 // ECONFLICT, CHECK violations EINVALID, missing rows ENOTFOUND.
 //
-// It may import controlplane, internal/pgmigrate, migrations, pgx and the
-// Prometheus client; it knows nothing of the other adapters (api, portal,
-// hubs, billing).
+// It may import controlplane, internal/pgmigrate, migrations, pgx, River
+// (to insert jobs in the store's transactions) and the Prometheus client; it
+// knows nothing of the other adapters (api, portal, hubs, billing).
 package postgres
 
 import (
@@ -77,6 +77,16 @@ var conflictMessages = map[string]string{
 	"fleets_tenant_id_slug_key":         "a fleet with this slug already exists",
 	"vehicles_tenant_id_vehicle_id_key": "a vehicle with this ID already exists in this tenant",
 	"idempotency_keys_pkey":             "this Idempotency-Key is already in use",
+	"nats_operator_pkey":                "the NATS operator already exists",
+	"nats_accounts_pkey":                "the tenant already has a NATS account",
+	"nats_accounts_public_key_key":      "a NATS account with this public key already exists",
+	"enrollment_tokens_pkey":            "an enrollment token with this ID already exists",
+	"grants_pkey":                       "a grant with this ID already exists",
+	"agent_nonces_pkey":                 "this nonce is already in use",
+	// A user key is bound to one vehicle or grant, ever (000004).
+	"vehicles_user_public_key_key": "this NATS user key is already in use",
+	"grants_user_public_key_key":   "this NATS user key is already in use",
+	"nats_user_keys_pkey":          "this NATS user key is already in use",
 }
 
 // translate turns a driver error into a coded one. notFound is the message

@@ -9,6 +9,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
 	"github.com/fleetplane/fleetplane/controlplane"
 )
@@ -19,6 +21,9 @@ type Store struct {
 	pool *pgxpool.Pool
 	db   querier // the pool, or the transaction of a Store made by Tx
 	tx   pgx.Tx  // nil outside a transaction
+	// jobs inserts River jobs (EnqueueAccountPush); it runs none. The
+	// workers live in a separate client, wired in cmd/.
+	jobs *river.Client[pgx.Tx]
 }
 
 var _ controlplane.Store = (*Store)(nil)
@@ -32,7 +37,14 @@ type querier interface {
 
 // NewStore returns a Store over pool. The caller owns the pool and closes it.
 func NewStore(pool *pgxpool.Pool) *Store {
-	return &Store{pool: pool, db: pool}
+	// An insert-only client: no queues, no workers, so it starts nothing
+	// and needs no Start or Stop.
+	jobs, err := river.NewClient(riverpgxv5.New(pool), &river.Config{})
+	if err != nil {
+		// Only an invalid configuration fails, and this one is fixed.
+		panic("postgres: creating the River client: " + err.Error())
+	}
+	return &Store{pool: pool, db: pool, jobs: jobs}
 }
 
 // Tx runs fn with a Store bound to one transaction, committed when fn
@@ -44,7 +56,7 @@ func (s *Store) Tx(ctx context.Context, fn func(controlplane.Store) error) error
 		return fn(s)
 	}
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		return fn(&Store{pool: s.pool, db: tx, tx: tx})
+		return fn(&Store{pool: s.pool, db: tx, tx: tx, jobs: s.jobs})
 	})
 	// fn's errors come back as they are; those of BEGIN and COMMIT are
 	// the driver's.

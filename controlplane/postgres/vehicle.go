@@ -10,7 +10,8 @@ import (
 
 // vehicleColumns reads a vehicle row aliased v joined with its fleet f.
 const vehicleColumns = `v.id, v.tenant_id, v.fleet_id, f.slug, v.vehicle_id, v.name, v.labels, v.status,
-	v.created_at, v.updated_at, v.enrolled_at, v.last_seen_at`
+	v.created_at, v.updated_at, v.enrolled_at, v.last_seen_at,
+	coalesce(v.user_public_key, ''), v.credentials_expire_at, v.hostname, v.arch, v.agent_version`
 
 // vehicleJoin joins a vehicle to its fleet. The fleet key includes the
 // tenant, as the foreign key does.
@@ -20,7 +21,8 @@ func scanVehicle(row pgx.Row) (*controlplane.Vehicle, error) {
 	v := &controlplane.Vehicle{}
 	var status string
 	err := row.Scan(&v.ID, &v.TenantID, &v.FleetID, &v.FleetSlug, &v.VehicleID, &v.Name, &v.Labels, &status,
-		&v.CreatedAt, &v.UpdatedAt, &v.EnrolledAt, &v.LastSeenAt)
+		&v.CreatedAt, &v.UpdatedAt, &v.EnrolledAt, &v.LastSeenAt,
+		&v.UserPublicKey, &v.CredentialsExpireAt, &v.Hostname, &v.Arch, &v.AgentVersion)
 	if err != nil {
 		return nil, err
 	}
@@ -32,9 +34,10 @@ func scanVehicle(row pgx.Row) (*controlplane.Vehicle, error) {
 }
 
 // CreateVehicle inserts v and sets its ID, FleetSlug, CreatedAt and
-// UpdatedAt; an empty Status is pending. A fleet that is missing or belongs
-// to another tenant is ENOTFOUND; a vehicle ID the tenant uses already is
-// ECONFLICT.
+// UpdatedAt; an empty Status is pending, an empty UserPublicKey none. A
+// fleet that is missing or belongs to another tenant is ENOTFOUND; a
+// vehicle ID the tenant uses already is ECONFLICT, and so is a user key
+// bound to another vehicle or grant.
 func (s *Store) CreateVehicle(ctx context.Context, v *controlplane.Vehicle) error {
 	labels := v.Labels
 	if labels == nil {
@@ -46,12 +49,14 @@ func (s *Store) CreateVehicle(ctx context.Context, v *controlplane.Vehicle) erro
 	}
 	err := s.db.QueryRow(ctx, `
 		WITH v AS (
-			INSERT INTO vehicles (tenant_id, fleet_id, vehicle_id, name, labels, status, enrolled_at, last_seen_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+			INSERT INTO vehicles (tenant_id, fleet_id, vehicle_id, name, labels, status, enrolled_at, last_seen_at,
+				user_public_key, credentials_expire_at, hostname, arch, agent_version)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, nullif($9, ''), $10, $11, $12, $13)
 			RETURNING id, tenant_id, fleet_id, created_at, updated_at
 		)
 		SELECT v.id, f.slug, v.created_at, v.updated_at FROM v`+vehicleJoin,
 		v.TenantID, v.FleetID, v.VehicleID, v.Name, labels, string(status), v.EnrolledAt, v.LastSeenAt,
+		v.UserPublicKey, v.CredentialsExpireAt, v.Hostname, v.Arch, v.AgentVersion,
 	).Scan(&v.ID, &v.FleetSlug, &v.CreatedAt, &v.UpdatedAt)
 	if isCode(err, codeForeignKeyViolation) || isCode(err, codeInvalidText) {
 		return controlplane.Errorf(controlplane.ENOTFOUND, "fleet not found")
