@@ -24,6 +24,26 @@ type Config struct {
 	PasswordParams password.Params
 	// IdempotencyTTL is how long an Idempotency-Key is remembered.
 	IdempotencyTTL time.Duration
+
+	// Issuer signs the NATS identities (required for signup and every
+	// identity operation). Hubs receives account pushes; nil = no hubs
+	// (pushes succeed with zero nodes: tests of the API alone).
+	Issuer Issuer
+	Hubs   Hubs
+	// Plans maps a plan name to its broker limits; missing plans use
+	// DefaultPlanLimits.
+	Plans map[string]AccountLimits
+	// VehicleCredentialTTL is a vehicle JWT's lifetime (default 7 days);
+	// agents renew after half of it.
+	VehicleCredentialTTL time.Duration
+	// MaxGrantTTL caps a grant's lifetime (default 30 days, at most 90).
+	MaxGrantTTL time.Duration
+	// PushTimeout bounds the inline push and proof after a change (default
+	// 5 s); what does not finish in time is left to the durable job.
+	PushTimeout time.Duration
+	// PublicURL is the control plane's public base URL, used in the
+	// install one-liner (e.g. https://fleetplane.example.com).
+	PublicURL string
 }
 
 // Service is the one place that orchestrates the control plane: the API and
@@ -195,8 +215,12 @@ func (s *Service) createTenant(ctx context.Context, name, email, pwHash, plan st
 		if err != nil {
 			return err
 		}
+		a, err := s.createAccount(ctx, tx, t)
+		if err != nil {
+			return err
+		}
 		if err := s.audit(ctx, tx, p, "tenant.create", "tenant", t.ID,
-			map[string]any{"name": t.Name, "plan": t.Plan, "owner_email": u.Email}); err != nil {
+			map[string]any{"name": t.Name, "plan": t.Plan, "owner_email": u.Email, "nats_account": a.PublicKey}); err != nil {
 			return err
 		}
 		res.Tenant, res.User, res.APIKey = t, u, key
@@ -206,6 +230,9 @@ func (s *Service) createTenant(ctx context.Context, name, email, pwHash, plan st
 		return nil, err
 	}
 	s.logger.InfoContext(ctx, "tenant created", "tenant", res.Tenant.ID, "plan", res.Tenant.Plan)
+	// The account is on the hubs when signup returns (so the first vehicle
+	// can connect at once) unless a hub is down: then the job catches up.
+	s.pushAfterCommit(ctx, res.Tenant.ID)
 	return res, nil
 }
 
@@ -547,7 +574,18 @@ func (s *Service) Vehicle(ctx context.Context, fleetSlug, vehicleID string) (*Ve
 	if err != nil {
 		return nil, err
 	}
-	return s.findVehicle(ctx, s.store, p.TenantID, fleetSlug, vehicleID)
+	v, err := s.findVehicle(ctx, s.store, p.TenantID, fleetSlug, vehicleID)
+	if err != nil {
+		return nil, err
+	}
+	if v.Status == VehicleRevoked {
+		r, err := s.store.FindLatestRevocation(ctx, p.TenantID, RevokeVehicle, v.VehicleID)
+		if err != nil && ErrorCode(err) != ENOTFOUND {
+			return nil, err
+		}
+		v.Revocation = r
+	}
+	return v, nil
 }
 
 func (s *Service) findVehicle(ctx context.Context, st Store, tenantID, fleetSlug, vehicleID string) (*Vehicle, error) {
@@ -686,22 +724,36 @@ func nextStatus(v *Vehicle, disabled bool) (VehicleStatus, error) {
 	return VehiclePending, nil
 }
 
-// DeleteVehicle deletes a vehicle.
+// DeleteVehicle deletes a vehicle. A vehicle that holds credentials has its
+// key revoked in the same transaction: deleting must not leave a live JWT
+// (or a connected leaf) behind.
 func (s *Service) DeleteVehicle(ctx context.Context, fleetSlug, vehicleID string) error {
 	p, err := s.authorize(ctx, RoleMember)
 	if err != nil {
 		return err
 	}
-	return s.store.Tx(ctx, func(tx Store) error {
+	var r *Revocation
+	err = s.store.Tx(ctx, func(tx Store) error {
 		v, err := s.findVehicle(ctx, tx, p.TenantID, fleetSlug, vehicleID)
 		if err != nil {
 			return err
 		}
+		details := map[string]any{"fleet": fleetSlug}
+		if v.UserPublicKey != "" && v.Status != VehicleRevoked {
+			if r, err = s.revokeKey(ctx, tx, p.TenantID, RevokeVehicle, vehicleID, v.UserPublicKey); err != nil {
+				return err
+			}
+			details["user_public_key"], details["revocation_id"] = v.UserPublicKey, r.ID
+		}
 		if err := tx.DeleteVehicle(ctx, p.TenantID, v.ID); err != nil {
 			return err
 		}
-		return s.audit(ctx, tx, p, "vehicle.delete", "vehicle", vehicleID, map[string]any{"fleet": fleetSlug})
+		return s.audit(ctx, tx, p, "vehicle.delete", "vehicle", vehicleID, details)
 	})
+	if err == nil && r != nil {
+		s.finishRevocation(ctx, r)
+	}
+	return err
 }
 
 // --- audit ---

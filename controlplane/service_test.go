@@ -23,6 +23,7 @@ func MustService(tb testing.TB) *controlplane.Service {
 	return controlplane.NewService(store, controlplane.Config{
 		Regions:        []controlplane.Region{{Name: "europe", DisplayName: "Europe"}, {Name: "americas"}},
 		PasswordParams: password.Params{Memory: 64, Time: 1, Threads: 1},
+		Issuer:         mustIssuer(tb, nil),
 	}, nil)
 }
 

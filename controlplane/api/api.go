@@ -40,11 +40,19 @@ type Options struct {
 	TrustProxyHeaders bool
 	// MaxBodyBytes limits request bodies; default 1 MiB.
 	MaxBodyBytes int64
+	// EnrollRatePerMinute limits POST /v1/enroll, /v1/agent/nonce and
+	// /v1/agent/renew together, per client IP (IPv6: per /64); default 60.
+	EnrollRatePerMinute int
+	// PublicURL is the control plane's public base URL, used in the install
+	// one-liner of new enrollment tokens (e.g. https://fleetplane.example.com);
+	// "" = the scheme and host the request came to.
+	PublicURL string
 }
 
 // Defaults for Options.
 const (
 	DefaultSignupRatePerMinute       = 10
+	DefaultEnrollRatePerMinute       = 60
 	DefaultMaxBodyBytes        int64 = 1 << 20
 )
 
@@ -64,6 +72,9 @@ func New(svc *controlplane.Service, opts Options) http.Handler {
 	}
 	if opts.SignupRatePerMinute <= 0 {
 		opts.SignupRatePerMinute = DefaultSignupRatePerMinute
+	}
+	if opts.EnrollRatePerMinute <= 0 {
+		opts.EnrollRatePerMinute = DefaultEnrollRatePerMinute
 	}
 	if opts.MaxBodyBytes <= 0 {
 		opts.MaxBodyBytes = DefaultMaxBodyBytes
@@ -88,19 +99,15 @@ func (s *server) routes() {
 	}
 	r.Get("/v1/openapi.json", s.handle(s.openAPI))
 
-	signupLimit := httprate.NewRateLimiter(s.opts.SignupRatePerMinute, time.Minute,
-		httprate.WithKeyFuncs(func(r *http.Request) (string, error) {
-			return httprate.CanonicalizeIP(requestInfoFrom(r.Context()).clientIP), nil
-		}),
-		httprate.WithLimitHandler(s.handle(func(w http.ResponseWriter, r *http.Request) error {
-			return controlplane.Errorf(controlplane.ERATELIMIT,
-				"too many signups from this address; retry in %s seconds", w.Header().Get("Retry-After"))
-		})),
-		httprate.WithErrorHandler(func(w http.ResponseWriter, r *http.Request, err error) {
-			s.writeError(w, r, err)
-		}),
-	)
-	r.With(signupLimit.Handler, s.idempotent(signupNote)).Post("/v1/signup", s.handle(s.signup))
+	signupLimit := s.rateLimiter(s.opts.SignupRatePerMinute, "signups")
+	r.With(signupLimit.Handler, s.idempotentPublic("signup", signupNote)).Post("/v1/signup", s.handle(s.signup))
+
+	// Vehicles authenticate with a token or a signature, not an API key.
+	// The three routes share one budget per address.
+	enrollLimit := s.rateLimiter(s.opts.EnrollRatePerMinute, "enrollment and renewal requests")
+	r.With(enrollLimit.Handler, s.idempotentPublic("enroll", nil)).Post("/v1/enroll", s.handle(s.enroll))
+	r.With(enrollLimit.Handler, s.idempotentPublic("agent", nil)).Post("/v1/agent/nonce", s.handle(s.createAgentNonce))
+	r.With(enrollLimit.Handler, s.idempotentPublic("agent", nil)).Post("/v1/agent/renew", s.handle(s.renewAgent))
 
 	r.Group(func(r chi.Router) {
 		r.Use(s.authenticate)
@@ -121,10 +128,41 @@ func (s *server) routes() {
 		r.Get("/v1/fleets/{fleet}/vehicles/{vehicle}", s.handle(s.getVehicle))
 		r.Patch("/v1/fleets/{fleet}/vehicles/{vehicle}", s.handle(s.updateVehicle))
 		r.Delete("/v1/fleets/{fleet}/vehicles/{vehicle}", s.handle(s.deleteVehicle))
+		r.With(s.idempotent(nil)).Post("/v1/fleets/{fleet}/vehicles/{vehicle}/credentials", s.handle(s.issueVehicleCredentials))
+		r.With(s.idempotent(nil)).Post("/v1/fleets/{fleet}/vehicles/{vehicle}/revoke", s.handle(s.revokeVehicle))
+
+		r.Get("/v1/fleets/{fleet}/enrollment-tokens", s.handle(s.listEnrollmentTokens))
+		r.With(s.idempotent(enrollmentTokenNote)).Post("/v1/fleets/{fleet}/enrollment-tokens", s.handle(s.createEnrollmentToken))
+		r.Get("/v1/fleets/{fleet}/enrollment-tokens/{id}", s.handle(s.getEnrollmentToken))
+		r.Delete("/v1/fleets/{fleet}/enrollment-tokens/{id}", s.handle(s.revokeEnrollmentToken))
+
+		r.Get("/v1/grants", s.handle(s.listGrants))
+		r.With(s.idempotent(grantNote)).Post("/v1/grants", s.handle(s.createGrant))
+		r.Get("/v1/grants/{id}", s.handle(s.getGrant))
+		r.Delete("/v1/grants/{id}", s.handle(s.revokeGrant))
+		r.Get("/v1/grants/{id}/context", s.handle(s.getGrantContext))
 
 		r.Get("/v1/regions", s.handle(s.listRegions))
 		r.Get("/v1/audit-events", s.handle(s.listAuditEvents))
 	})
+}
+
+// rateLimiter limits requests per client IP (IPv6: per /64) to perMinute;
+// what describes the requests in the 429 problem. One limiter used on
+// several routes gives them one shared budget.
+func (s *server) rateLimiter(perMinute int, what string) *httprate.RateLimiter {
+	return httprate.NewRateLimiter(perMinute, time.Minute,
+		httprate.WithKeyFuncs(func(r *http.Request) (string, error) {
+			return httprate.CanonicalizeIP(requestInfoFrom(r.Context()).clientIP), nil
+		}),
+		httprate.WithLimitHandler(s.handle(func(w http.ResponseWriter, r *http.Request) error {
+			return controlplane.Errorf(controlplane.ERATELIMIT,
+				"too many %s from this address; retry in %s seconds", what, w.Header().Get("Retry-After"))
+		})),
+		httprate.WithErrorHandler(func(w http.ResponseWriter, r *http.Request, err error) {
+			s.writeError(w, r, err)
+		}),
+	)
 }
 
 // handlerFunc is an HTTP handler that returns its error instead of writing it.

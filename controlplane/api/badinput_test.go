@@ -26,6 +26,7 @@ type badRow struct {
 	status int
 	detail string // the problem's detail must contain this (case-insensitive)
 	field  string // when set, the problem's errors must name this field
+	hide   string // when set, the response must not contain it (a seed sent by mistake)
 }
 
 // TestBadInput sends malformed and hostile requests to every endpoint. Each
@@ -51,6 +52,9 @@ func TestBadInput(t *testing.T) {
 	e.createFleet(b.key, "bravo")
 	e.createVehicle(b.key, "bravo", "veh-b", nil)
 	bKey := e.createKey(b.key, "b-key", api.KeyRoleAdmin)
+	fx := setupIdentityFixtures(t, e, a, b, viewer, member)
+	future := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+	somePub := newUserKey(t).pub
 
 	_, unknownKey, _ := secret.New(secret.APIKeyPrefix)
 	_, other, _ := secret.New(secret.APIKeyPrefix)
@@ -81,6 +85,17 @@ func TestBadInput(t *testing.T) {
 		{"DELETE", "/v1/fleets/alpha/vehicles/veh-1", ""},
 		{"GET", "/v1/regions", ""},
 		{"GET", "/v1/audit-events", ""},
+		{"GET", "/v1/fleets/alpha/enrollment-tokens", ""},
+		{"POST", "/v1/fleets/alpha/enrollment-tokens", `{"expires_at":"` + future + `"}`},
+		{"GET", "/v1/fleets/alpha/enrollment-tokens/" + fx.tokGood.Id, ""},
+		{"DELETE", "/v1/fleets/alpha/enrollment-tokens/" + fx.tokGood.Id, ""},
+		{"POST", "/v1/fleets/alpha/vehicles/veh-1/credentials", `{"public_key":"` + somePub + `"}`},
+		{"POST", "/v1/fleets/alpha/vehicles/veh-enrolled/revoke", ""},
+		{"GET", "/v1/grants", ""},
+		{"POST", "/v1/grants", `{"expires_at":"` + future + `","subscribe":["fleet.prod.>"]}`},
+		{"GET", "/v1/grants/" + fx.aGrant.Id, ""},
+		{"DELETE", "/v1/grants/" + fx.aGrant.Id, ""},
+		{"GET", "/v1/grants/" + fx.aGrant.Id + "/context", ""},
 	}
 	authCases := []struct {
 		name, header, detail string
@@ -125,6 +140,12 @@ func TestBadInput(t *testing.T) {
 		{"PATCH", "/v1/fleets/alpha", a.key, `{"name":"Renamed","description":"d"}`, "description"},
 		{"POST", "/v1/fleets/alpha/vehicles", a.key, `{"vehicle_id":"new-veh","labels":{"k":"v"}}`, "vehicle_id"},
 		{"PATCH", "/v1/fleets/alpha/vehicles/veh-1", a.key, `{"name":"Renamed","disabled":true}`, "name"},
+		{"POST", "/v1/fleets/alpha/enrollment-tokens", a.key, `{"expires_at":"` + future + `","description":"d"}`, "description"},
+		{"POST", "/v1/enroll", "", `{"token":"` + fx.tokGood.Token + `","public_key":"` + somePub + `"}`, "token"},
+		{"POST", "/v1/agent/nonce", "", `{"public_key":"` + fx.kEnrolled.pub + `"}`, "public_key"},
+		{"POST", "/v1/agent/renew", "", `{"public_key":"` + fx.kEnrolled.pub + `","nonce":"n","signature":"c2ln"}`, "nonce"},
+		{"POST", "/v1/fleets/alpha/vehicles/veh-1/credentials", a.key, `{"public_key":"` + somePub + `"}`, "public_key"},
+		{"POST", "/v1/grants", a.key, `{"expires_at":"` + future + `","subscribe":["fleet.prod.>"],"description":"d"}`, "description"},
 	}
 	huge := `{"name":"` + strings.Repeat("a", 1<<20) + `"}`
 	deep := `{"labels":` + strings.Repeat("[", 40) + strings.Repeat("]", 40) + `}`
@@ -444,8 +465,11 @@ func TestBadInput(t *testing.T) {
 		badRow{name: "method PATCH vehicles", method: "PATCH", path: "/v1/fleets/alpha/vehicles", key: a.key, body: `{}`, status: 405, detail: "allowed: GET, POST"},
 	)
 
-	// The expiring key must have expired before the rows run.
+	add(identityBadRows(t, fx)...)
+
+	// The expiring key and token must have expired before the rows run.
 	time.Sleep(time.Until(expiresAt) + 20*time.Millisecond)
+	time.Sleep(time.Until(fx.expiresAt) + 20*time.Millisecond)
 
 	names := map[string]bool{}
 	for _, row := range rows {
@@ -484,6 +508,9 @@ func TestBadInput(t *testing.T) {
 				if !slices.Contains(fields, row.field) {
 					t.Errorf("errors %v do not name %q", fields, row.field)
 				}
+			}
+			if row.hide != "" && strings.Contains(string(r.body), row.hide) {
+				t.Errorf("the response shows what it must not: %s", r.body)
 			}
 			if row.status == 401 && r.header.Get("WWW-Authenticate") == "" {
 				t.Error("401 without WWW-Authenticate")

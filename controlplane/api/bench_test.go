@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nkeys"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fleetplane/fleetplane/controlplane"
@@ -42,12 +43,16 @@ type benchEnv struct {
 	tenant tenant
 }
 
-func newBenchEnv(b *testing.B) *benchEnv {
+func newBenchEnv(b *testing.B, opts ...func(*api.Options)) *benchEnv {
 	b.Helper()
 	pool := pgtest.NewPool(b)
-	svc := controlplane.NewService(postgres.NewStore(pool), controlplane.Config{Regions: testRegions, PasswordParams: fastPasswords}, nil)
+	svc := controlplane.NewService(postgres.NewStore(pool), testConfig(b), nil)
 	reg := prometheus.NewRegistry()
-	srv := httptest.NewServer(api.New(svc, api.Options{Registerer: reg, Gatherer: reg}))
+	o := api.Options{Registerer: reg, Gatherer: reg}
+	for _, f := range opts {
+		f(&o)
+	}
+	srv := httptest.NewServer(api.New(svc, o))
 	b.Cleanup(srv.Close)
 	tr := &http.Transport{MaxIdleConnsPerHost: benchClients, MaxConnsPerHost: benchClients}
 	b.Cleanup(tr.CloseIdleConnections)
@@ -61,9 +66,14 @@ func newBenchEnv(b *testing.B) *benchEnv {
 	return be
 }
 
-// request sends one request and drains the response; it fails unless the
-// status is want.
+// request sends one request with the tenant's API key and drains the
+// response; it fails unless the status is want.
 func (be *benchEnv) request(method, path, body string, want int, out any) error {
+	return be.requestAs(be.key, method, path, body, want, out)
+}
+
+// requestAs is request with another API key ("" = none: a public route).
+func (be *benchEnv) requestAs(key, method, path, body string, want int, out any) error {
 	var rd io.Reader
 	if body != "" {
 		rd = strings.NewReader(body)
@@ -72,7 +82,9 @@ func (be *benchEnv) request(method, path, body string, want int, out any) error 
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Authorization", "Bearer "+be.key)
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
@@ -197,4 +209,56 @@ func seedVehicles(b *testing.B, be *benchEnv, n int) {
 	}
 	wg.Wait()
 	b.Logf("seeded %d vehicles in %v", n, time.Since(start).Round(time.Millisecond))
+}
+
+// BenchmarkEnroll is POST /v1/enroll end to end: the token check, the row
+// lock that counts its use, a new vehicle, a vehicle JWT signed with the
+// account's (sealed) vehicle key and the audit event, in one transaction.
+// The agents' nkeys are made before the timer starts; the rate limit is
+// lifted.
+//
+//   - token=per-client: every client enrolls with its own multi-use token.
+//   - token=shared: all clients share one multi-use token, so every
+//     enrollment waits for the same row lock.
+func BenchmarkEnroll(b *testing.B) {
+	b.Run("token=per-client", func(b *testing.B) { benchmarkEnroll(b, false) })
+	b.Run("token=shared", func(b *testing.B) { benchmarkEnroll(b, true) })
+}
+
+func benchmarkEnroll(b *testing.B, shared bool) {
+	be := newBenchEnv(b, func(o *api.Options) { o.EnrollRatePerMinute = 1 << 30 })
+	const maxUses = 100_000
+	if b.N > maxUses {
+		b.Fatalf("b.N = %d: a token has at most %d uses", b.N, maxUses)
+	}
+	// Work is handed out from one counter, so a client may do more than
+	// its share: every token allows all b.N uses.
+	tokens := make([]string, benchClients)
+	for c := range tokens {
+		if shared && c > 0 {
+			tokens[c] = tokens[0]
+			continue
+		}
+		var t struct {
+			Token string `json:"token"`
+		}
+		body := fmt.Sprintf(`{"expires_at":%q,"max_uses":%d}`, time.Now().Add(time.Hour).UTC().Format(time.RFC3339), b.N)
+		if err := be.request("POST", "/v1/fleets/bench/enrollment-tokens", body, http.StatusCreated, &t); err != nil {
+			b.Fatal(err)
+		}
+		tokens[c] = t.Token
+	}
+	pubs := make([]string, b.N)
+	for i := range pubs {
+		kp, err := nkeys.CreateUser()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if pubs[i], err = kp.PublicKey(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	runClients(b, func(c, i int) error {
+		return be.requestAs("", "POST", "/v1/enroll", `{"token":"`+tokens[c]+`","public_key":"`+pubs[i]+`"}`, http.StatusCreated, nil)
+	})
 }

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"slices"
 	"time"
 
 	"github.com/fleetplane/fleetplane/controlplane"
@@ -122,15 +123,21 @@ func vehicleOut(v *controlplane.Vehicle, fleetSlug string) Vehicle {
 		slug = fleetSlug
 	}
 	return Vehicle{
-		VehicleId:  v.VehicleID,
-		Fleet:      slug,
-		Name:       v.Name,
-		Labels:     labels,
-		Status:     VehicleStatus(v.Status),
-		CreatedAt:  utc(v.CreatedAt),
-		UpdatedAt:  utc(v.UpdatedAt),
-		EnrolledAt: utcPtr(v.EnrolledAt),
-		LastSeenAt: utcPtr(v.LastSeenAt),
+		VehicleId:           v.VehicleID,
+		Fleet:               slug,
+		Name:                v.Name,
+		Labels:              labels,
+		Status:              VehicleStatus(v.Status),
+		CreatedAt:           utc(v.CreatedAt),
+		UpdatedAt:           utc(v.UpdatedAt),
+		EnrolledAt:          utcPtr(v.EnrolledAt),
+		LastSeenAt:          utcPtr(v.LastSeenAt),
+		UserPublicKey:       nonEmpty(v.UserPublicKey),
+		CredentialsExpireAt: utcPtr(v.CredentialsExpireAt),
+		Hostname:            nonEmpty(v.Hostname),
+		Arch:                nonEmpty(v.Arch),
+		AgentVersion:        nonEmpty(v.AgentVersion),
+		Revocation:          revocationPtr(v.Revocation),
 	}
 }
 
@@ -181,3 +188,258 @@ func deref[T any](p *T) T {
 	}
 	return *p
 }
+
+// nonEmpty is nil for "", which the API shows as null.
+func nonEmpty(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+// orEmpty never lets a list leave as null.
+func orEmpty[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
+// --- NATS identity ---
+
+// vehicleCredentialsOut converts c; fleetSlug is the fleet of the request
+// path, if it has one.
+func vehicleCredentialsOut(c *controlplane.VehicleCredentials, fleetSlug string) VehicleCredentials {
+	return VehicleCredentials{
+		Vehicle:         vehicleOut(c.Vehicle, fleetSlug),
+		Jwt:             c.JWT,
+		ExpiresAt:       utc(c.ExpiresAt),
+		RenewAfter:      utc(c.RenewAfter),
+		Account:         c.AccountKey,
+		Region:          c.Region,
+		LeafUrls:        orEmpty(c.LeafURLs),
+		CaBundle:        nonEmpty(c.CABundle),
+		SubjectPrefix:   c.SubjectPrefix,
+		IngestSubject:   c.IngestSubject,
+		InboxPrefix:     c.InboxPrefix,
+		JetstreamDomain: c.JetStreamDomain,
+	}
+}
+
+func enrollIn(in EnrollRequest) controlplane.EnrollRequest {
+	return controlplane.EnrollRequest{
+		Token:        in.Token,
+		PublicKey:    in.PublicKey,
+		VehicleID:    deref(in.VehicleId),
+		Hostname:     deref(in.Hostname),
+		Arch:         deref(in.Arch),
+		AgentVersion: deref(in.AgentVersion),
+	}
+}
+
+func renewIn(in RenewRequest) controlplane.RenewRequest {
+	return controlplane.RenewRequest{PublicKey: in.PublicKey, Nonce: in.Nonce, Signature: in.Signature}
+}
+
+func agentNonceOut(n *controlplane.AgentNonce) AgentNonce {
+	return AgentNonce{Nonce: n.Nonce, ExpiresAt: utc(n.ExpiresAt)}
+}
+
+// enrollmentTokenStatus derives what the list shows; the service decides
+// what can actually enroll.
+func enrollmentTokenStatus(t *controlplane.EnrollmentToken, now time.Time) EnrollmentTokenStatus {
+	switch {
+	case t.RevokedAt != nil:
+		return EnrollmentTokenStatusRevoked
+	case !now.Before(t.ExpiresAt):
+		return EnrollmentTokenStatusExpired
+	case t.Uses >= t.MaxUses:
+		return EnrollmentTokenStatusExhausted
+	}
+	return EnrollmentTokenStatusActive
+}
+
+func enrollmentTokenOut(t *controlplane.EnrollmentToken, now time.Time) EnrollmentToken {
+	return EnrollmentToken{
+		Id:          t.ID,
+		Fleet:       t.FleetSlug,
+		Description: t.Description,
+		Status:      enrollmentTokenStatus(t, now),
+		ExpiresAt:   utc(t.ExpiresAt),
+		MaxUses:     t.MaxUses,
+		Uses:        t.Uses,
+		SourceCidrs: orEmpty(t.SourceCIDRs),
+		VehicleId:   nonEmpty(t.VehicleID),
+		CreatedBy:   t.CreatedBy,
+		CreatedAt:   utc(t.CreatedAt),
+		LastUsedAt:  utcPtr(t.LastUsedAt),
+		RevokedAt:   utcPtr(t.RevokedAt),
+	}
+}
+
+func enrollmentTokenCreatedOut(t *controlplane.EnrollmentTokenCreated, now time.Time, installCommand string) EnrollmentTokenCreated {
+	o := enrollmentTokenOut(&t.EnrollmentToken, now)
+	return EnrollmentTokenCreated{
+		Id: o.Id, Fleet: o.Fleet, Description: o.Description, Status: o.Status, ExpiresAt: o.ExpiresAt,
+		MaxUses: o.MaxUses, Uses: o.Uses, SourceCidrs: o.SourceCidrs, VehicleId: o.VehicleId,
+		CreatedBy: o.CreatedBy, CreatedAt: o.CreatedAt, LastUsedAt: o.LastUsedAt, RevokedAt: o.RevokedAt,
+		Token:          t.Secret,
+		InstallCommand: installCommand,
+	}
+}
+
+func enrollmentTokenCreateIn(in EnrollmentTokenCreate) controlplane.EnrollmentTokenCreate {
+	out := controlplane.EnrollmentTokenCreate{
+		Description: deref(in.Description),
+		MaxUses:     deref(in.MaxUses),
+		SourceCIDRs: deref(in.SourceCidrs),
+		VehicleID:   deref(in.VehicleId),
+	}
+	if !in.ExpiresAt.IsZero() { // absent: the service says it is required
+		out.ExpiresAt = &in.ExpiresAt
+	}
+	return out
+}
+
+func revocationOut(r *controlplane.Revocation) Revocation {
+	nodes := make([]NodeAck, 0, len(r.Nodes))
+	for _, n := range r.Nodes {
+		nodes = append(nodes, NodeAck{Node: n.Node, Ok: n.OK, Message: nonEmpty(n.Message)})
+	}
+	conns := make([]NodeConnections, 0, len(r.Connections))
+	for _, c := range r.Connections {
+		conns = append(conns, NodeConnections{Node: c.Node, Connections: c.Connections, Error: nonEmpty(c.Error)})
+	}
+	return Revocation{
+		Id:                   r.ID,
+		Kind:                 RevocationKind(r.Kind),
+		TargetId:             r.TargetID,
+		UserPublicKey:        r.UserPublicKey,
+		AccountVersion:       r.AccountVersion,
+		Status:               RevocationStatus(r.Status),
+		RequestedAt:          utc(r.RequestedAt),
+		CompletedAt:          utcPtr(r.CompletedAt),
+		Nodes:                nodes,
+		Connections:          conns,
+		ConnectionsRemaining: r.ConnectionsRemaining,
+		LatencyMs:            float64(r.Latency) / float64(time.Millisecond),
+		Attempts:             r.Attempts,
+		LastError:            nonEmpty(r.LastError),
+	}
+}
+
+func revocationPtr(r *controlplane.Revocation) *Revocation {
+	if r == nil {
+		return nil
+	}
+	o := revocationOut(r)
+	return &o
+}
+
+func grantScopesOut(scopes []controlplane.GrantScopeSpec) []GrantScope {
+	out := make([]GrantScope, 0, len(scopes))
+	for _, sc := range scopes {
+		g := GrantScope{Fleet: sc.Fleet, Categories: make([]GrantCategory, 0, len(sc.Categories))}
+		for _, c := range sc.Categories {
+			g.Categories = append(g.Categories, GrantCategory(c))
+		}
+		if len(sc.VehicleIDs) > 0 {
+			vids := slices.Clone(sc.VehicleIDs)
+			g.VehicleIds = &vids
+		}
+		out = append(out, g)
+	}
+	return out
+}
+
+func timeWindowsOut(ws []controlplane.TimeWindow) []TimeWindow {
+	out := make([]TimeWindow, 0, len(ws))
+	for _, w := range ws {
+		out = append(out, TimeWindow{Start: w.Start, End: w.End})
+	}
+	return out
+}
+
+func connectionTypesOut(ts []string) []ConnectionType {
+	out := make([]ConnectionType, 0, len(ts))
+	for _, t := range ts {
+		out = append(out, ConnectionType(t))
+	}
+	return out
+}
+
+func grantOut(g *controlplane.Grant) Grant {
+	return Grant{
+		Id:              g.ID,
+		Description:     g.Description,
+		UserPublicKey:   g.UserPublicKey,
+		Scopes:          grantScopesOut(g.Scopes),
+		Publish:         orEmpty(g.Publish),
+		Subscribe:       orEmpty(g.Subscribe),
+		ExpiresAt:       utc(g.ExpiresAt),
+		SourceCidrs:     orEmpty(g.SourceCIDRs),
+		TimeWindows:     timeWindowsOut(g.TimeWindows),
+		Locale:          g.Locale,
+		ConnectionTypes: connectionTypesOut(g.ConnectionTypes),
+		Region:          g.Region,
+		CreatedBy:       g.CreatedBy,
+		CreatedAt:       utc(g.CreatedAt),
+		RevokedAt:       utcPtr(g.RevokedAt),
+		Revocation:      revocationPtr(g.Revocation),
+	}
+}
+
+func grantCreatedOut(g *controlplane.GrantCreated) GrantCreated {
+	o := grantOut(&g.Grant)
+	out := GrantCreated{
+		Id: o.Id, Description: o.Description, UserPublicKey: o.UserPublicKey, Scopes: o.Scopes,
+		Publish: o.Publish, Subscribe: o.Subscribe, ExpiresAt: o.ExpiresAt, SourceCidrs: o.SourceCidrs,
+		TimeWindows: o.TimeWindows, Locale: o.Locale, ConnectionTypes: o.ConnectionTypes, Region: o.Region,
+		CreatedBy: o.CreatedBy, CreatedAt: o.CreatedAt, RevokedAt: o.RevokedAt, Revocation: o.Revocation,
+		Jwt: g.JWT,
+	}
+	if len(g.Creds) > 0 {
+		out.Creds = ptr(string(g.Creds))
+	}
+	return out
+}
+
+func grantPreviewOut(g *controlplane.Grant) GrantPreview {
+	o := grantOut(g)
+	return GrantPreview{
+		Description: o.Description, UserPublicKey: nonEmpty(o.UserPublicKey), Scopes: o.Scopes,
+		Publish: o.Publish, Subscribe: o.Subscribe, ExpiresAt: o.ExpiresAt, SourceCidrs: o.SourceCidrs,
+		TimeWindows: o.TimeWindows, Locale: o.Locale, ConnectionTypes: o.ConnectionTypes, Region: o.Region,
+	}
+}
+
+func grantCreateIn(in GrantCreate) controlplane.GrantCreate {
+	out := controlplane.GrantCreate{
+		Description: deref(in.Description),
+		Publish:     deref(in.Publish),
+		Subscribe:   deref(in.Subscribe),
+		SourceCIDRs: deref(in.SourceCidrs),
+		Locale:      deref(in.Locale),
+		PublicKey:   deref(in.PublicKey),
+		DryRun:      deref(in.DryRun),
+	}
+	if !in.ExpiresAt.IsZero() { // absent: the service says it is required
+		out.ExpiresAt = &in.ExpiresAt
+	}
+	for _, sc := range deref(in.Scopes) {
+		spec := controlplane.GrantScopeSpec{Fleet: sc.Fleet, VehicleIDs: deref(sc.VehicleIds)}
+		for _, c := range sc.Categories {
+			spec.Categories = append(spec.Categories, controlplane.GrantCategory(c))
+		}
+		out.Scopes = append(out.Scopes, spec)
+	}
+	for _, w := range deref(in.TimeWindows) {
+		out.TimeWindows = append(out.TimeWindows, controlplane.TimeWindow{Start: w.Start, End: w.End})
+	}
+	for _, t := range deref(in.ConnectionTypes) {
+		out.ConnectionTypes = append(out.ConnectionTypes, string(t))
+	}
+	return out
+}
+
+func ptr[T any](v T) *T { return &v }

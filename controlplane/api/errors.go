@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -99,23 +100,29 @@ func (s *server) problemBody(r *http.Request, status int, code, detail string, f
 		}
 		p.Errors = &fe
 	}
-	body, err := json.Marshal(p)
-	if err != nil { // cannot happen: Problem holds strings and ints only
+	var body bytes.Buffer
+	enc := json.NewEncoder(&body) // as writeJSON: subjects in details keep their '>'
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(p); err != nil { // cannot happen: Problem holds strings and ints only
 		s.log.ErrorContext(r.Context(), "encoding problem failed", "err", err)
-		body = []byte(`{"type":"urn:fleetplane:problem:internal","title":"Internal Server Error","status":500,"detail":"internal error","request_id":"","code":"internal"}`)
+		return []byte(`{"type":"urn:fleetplane:problem:internal","title":"Internal Server Error","status":500,"detail":"internal error","request_id":"","code":"internal"}` + "\n")
 	}
-	return append(body, '\n')
+	return body.Bytes()
 }
 
 // writeJSON writes v as the JSON response body with the given status.
+// '<', '>' and '&' stay as they are: NATS subjects are full of '>', and
+// the body is never HTML (nosniff is set on every response).
 func writeJSON(w http.ResponseWriter, status int, v any) error {
-	body, err := json.Marshal(v)
-	if err != nil {
+	var body bytes.Buffer
+	enc := json.NewEncoder(&body)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil { // Encode adds the final newline
 		return fmt.Errorf("encoding response: %w", err)
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	_, _ = w.Write(append(body, '\n'))
+	_, _ = w.Write(body.Bytes())
 	return nil
 }
 

@@ -15,8 +15,9 @@ import (
 )
 
 // idempotent makes a POST with an Idempotency-Key safe to retry. The key is
-// scoped to the tenant (or, for signup, to the client IP) and bound to a
-// hash of method, path and body:
+// scoped to the tenant (or, on public routes, see idempotentPublic, to the
+// route's scope and the client IP) and bound to a hash of method, path and
+// body:
 //
 //   - first use: the request runs and its response is stored, unless it is
 //     a 5xx, whose claim is released so that a retry runs again;
@@ -26,19 +27,29 @@ import (
 //
 // Without the header the request runs as usual.
 //
-// A response that carries a secret (signup, new API keys) is never stored:
-// secrets are shown once and kept only hashed. For those routes note
-// describes what was created, and a replay answers 409 with that note
-// instead of the secret.
+// A response that carries a secret (signup, new API keys, enrollment
+// tokens, grant creds) is never stored: secrets are shown once and kept
+// only hashed. For those routes note describes what was created, and a
+// replay answers 409 with that note instead of the secret.
 func (s *server) idempotent(note secretNote) func(http.Handler) http.Handler {
-	return func(next http.Handler) http.Handler { return s.idempotentHandler(next, note) }
+	return func(next http.Handler) http.Handler { return s.idempotentHandler(next, "", note) }
+}
+
+// idempotentPublic is idempotent for a route without an API key: keys are
+// scoped to "<scope>:<client IP>", so that clients behind different
+// addresses never share keys and public routes do not share them with
+// each other.
+func (s *server) idempotentPublic(scope string, note secretNote) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler { return s.idempotentHandler(next, scope, note) }
 }
 
 // secretNote turns the body of a 2xx response that holds a secret into
-// the detail of the problem replayed in its place.
+// the detail of the problem replayed in its place. It returns "" when this
+// body holds no secret after all (a grant for the holder's own key), which
+// is then stored and replayed as it is.
 type secretNote func(body []byte) string
 
-func (s *server) idempotentHandler(next http.Handler, note secretNote) http.Handler {
+func (s *server) idempotentHandler(next http.Handler, publicScope string, note secretNote) http.Handler {
 	return s.handle(func(w http.ResponseWriter, r *http.Request) error {
 		values, present := r.Header["Idempotency-Key"]
 		if !present {
@@ -49,9 +60,13 @@ func (s *server) idempotentHandler(next http.Handler, note secretNote) http.Hand
 			return controlplane.Errorf(controlplane.EINVALID, "Idempotency-Key: give the header once")
 		}
 		key := values[0]
-		scope := "signup:" + requestInfoFrom(r.Context()).clientIP
+		var scope string
 		if p := controlplane.PrincipalFromContext(r.Context()); p != nil {
 			scope = "tenant:" + p.TenantID
+		} else if publicScope != "" {
+			scope = publicScope + ":" + requestInfoFrom(r.Context()).clientIP
+		} else {
+			return errors.New("idempotent: a route without a principal has no public scope")
 		}
 
 		var body []byte
@@ -117,10 +132,12 @@ func (s *server) idempotentHandler(next http.Handler, note secretNote) http.Hand
 			Body:        rec.body.Bytes(),
 		}
 		if note != nil && rec.status < 300 {
-			stored = &controlplane.IdempotentResponse{
-				Status:      http.StatusConflict,
-				ContentType: problemContentType,
-				Body:        s.problemBody(r, http.StatusConflict, controlplane.ECONFLICT, note(rec.body.Bytes()), nil),
+			if detail := note(rec.body.Bytes()); detail != "" {
+				stored = &controlplane.IdempotentResponse{
+					Status:      http.StatusConflict,
+					ContentType: problemContentType,
+					Body:        s.problemBody(r, http.StatusConflict, controlplane.ECONFLICT, detail, nil),
+				}
 			}
 		}
 		if rec.status >= 500 {
@@ -190,4 +207,32 @@ func signupNote(body []byte) string {
 	_ = json.Unmarshal(body, &res)
 	return fmt.Sprintf("the signup with this Idempotency-Key already created tenant %s for %s; its API key secret was shown once, "+
 		"in the response to that request, and is not stored. If it was lost, sign in to the portal and create a new API key", res.Tenant.ID, res.User.Email)
+}
+
+// enrollmentTokenNote is the replay of a request that created an
+// enrollment token.
+func enrollmentTokenNote(body []byte) string {
+	var t struct {
+		ID    string `json:"id"`
+		Fleet string `json:"fleet"`
+	}
+	_ = json.Unmarshal(body, &t)
+	return fmt.Sprintf("the request with this Idempotency-Key already created enrollment token %s for fleet %s; its secret "+
+		"was shown once, in the response to that request, and is not stored. If it was lost, revoke the token "+
+		"(DELETE %s) and create another", t.ID, t.Fleet, enrollmentTokenPath(t.Fleet, t.ID))
+}
+
+// grantNote is the replay of a request that created a grant: only a
+// grant whose key the server made carries a secret (its creds).
+func grantNote(body []byte) string {
+	var g struct {
+		ID    string  `json:"id"`
+		Creds *string `json:"creds"`
+	}
+	if err := json.Unmarshal(body, &g); err == nil && g.Creds == nil {
+		return "" // no creds: the response is stored as it is
+	}
+	return fmt.Sprintf("the request with this Idempotency-Key already created grant %s; its creds (with the private key) "+
+		"were shown once, in the response to that request, and are not stored. If they were lost, revoke the grant "+
+		"(DELETE %s) and create another", g.ID, grantPath(g.ID))
 }

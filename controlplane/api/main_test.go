@@ -26,16 +26,43 @@ import (
 
 	"github.com/fleetplane/fleetplane/controlplane"
 	"github.com/fleetplane/fleetplane/controlplane/api"
+	"github.com/fleetplane/fleetplane/controlplane/natsissuer"
 	"github.com/fleetplane/fleetplane/controlplane/postgres"
 	"github.com/fleetplane/fleetplane/internal/password"
 	"github.com/fleetplane/fleetplane/internal/pgtest"
+	"github.com/fleetplane/fleetplane/internal/seal"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
 var testRegions = []controlplane.Region{
-	{Name: "europe", DisplayName: "Europe (Frankfurt)"},
-	{Name: "americas", DisplayName: "Americas (Virginia)"},
+	{Name: "europe", DisplayName: "Europe (Frankfurt)",
+		LeafURLs:   []string{"tls://hub-1.europe.example.com:7422", "tls://hub-2.europe.example.com:7422"},
+		ClientURLs: []string{"tls://hub-1.europe.example.com:4222", "tls://hub-2.europe.example.com:4222"},
+		CABundle:   "-----BEGIN CERTIFICATE-----\nTEST\n-----END CERTIFICATE-----\n"},
+	{Name: "americas", DisplayName: "Americas (Virginia)",
+		LeafURLs: []string{"tls://hub.americas.example.com:7422"}, ClientURLs: []string{"tls://hub.americas.example.com:4222"}},
+}
+
+// testConfig is the Service configuration of the API tests: a real NATS
+// issuer (a fresh operator, as `fleetplane admin operator init` makes one)
+// and no hubs, so that pushes succeed with zero nodes.
+func testConfig(tb testing.TB) controlplane.Config {
+	tb.Helper()
+	keys, err := seal.ParseKeyring("k1:" + seal.GenerateKey())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	op, err := natsissuer.NewOperator(keys, "fleetplane-api-test")
+	if err != nil {
+		tb.Fatalf("NewOperator: %v", err)
+	}
+	iss, err := natsissuer.New(keys, op)
+	if err != nil {
+		tb.Fatalf("natsissuer.New: %v", err)
+	}
+	tb.Cleanup(iss.Wipe)
+	return controlplane.Config{Regions: testRegions, PasswordParams: fastPasswords, Issuer: iss}
 }
 
 // fastPasswords keeps argon2id cheap in tests.
@@ -52,19 +79,16 @@ type env struct {
 	logs   *lockedBuffer
 }
 
-// newEnv starts the real router over Postgres. Options default to a high
-// signup limit so that tests may sign up freely.
+// newEnv starts the real router over Postgres. Options default to high
+// signup and enrollment limits so that tests may sign up and enroll freely.
 func newEnv(tb testing.TB, opts ...func(*api.Options)) *env {
 	tb.Helper()
 	pool := pgtest.NewPool(tb)
 	logs := &lockedBuffer{}
 	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	svc := controlplane.NewService(postgres.NewStore(pool), controlplane.Config{
-		Regions:        testRegions,
-		PasswordParams: fastPasswords,
-	}, logger)
+	svc := controlplane.NewService(postgres.NewStore(pool), testConfig(tb), logger)
 	reg := prometheus.NewRegistry()
-	o := api.Options{Logger: logger, Registerer: reg, Gatherer: reg, SignupRatePerMinute: 10000}
+	o := api.Options{Logger: logger, Registerer: reg, Gatherer: reg, SignupRatePerMinute: 10000, EnrollRatePerMinute: 10000}
 	for _, f := range opts {
 		f(&o)
 	}

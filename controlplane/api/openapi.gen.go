@@ -4,14 +4,18 @@
 package api
 
 import (
+	"encoding/json"
+	"fmt"
 	"time"
 )
 
 // Defines values for ActorType.
 const (
-	ActorTypeApiKey ActorType = "api_key"
-	ActorTypeSystem ActorType = "system"
-	ActorTypeUser   ActorType = "user"
+	ActorTypeApiKey          ActorType = "api_key"
+	ActorTypeEnrollmentToken ActorType = "enrollment_token"
+	ActorTypeSystem          ActorType = "system"
+	ActorTypeUser            ActorType = "user"
+	ActorTypeVehicle         ActorType = "vehicle"
 )
 
 // Valid indicates whether the value is a known member of the ActorType enum.
@@ -19,9 +23,79 @@ func (e ActorType) Valid() bool {
 	switch e {
 	case ActorTypeApiKey:
 		return true
+	case ActorTypeEnrollmentToken:
+		return true
 	case ActorTypeSystem:
 		return true
 	case ActorTypeUser:
+		return true
+	case ActorTypeVehicle:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ConnectionType.
+const (
+	ConnectionTypeSTANDARD  ConnectionType = "STANDARD"
+	ConnectionTypeWEBSOCKET ConnectionType = "WEBSOCKET"
+)
+
+// Valid indicates whether the value is a known member of the ConnectionType enum.
+func (e ConnectionType) Valid() bool {
+	switch e {
+	case ConnectionTypeSTANDARD:
+		return true
+	case ConnectionTypeWEBSOCKET:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for EnrollmentTokenStatus.
+const (
+	EnrollmentTokenStatusActive    EnrollmentTokenStatus = "active"
+	EnrollmentTokenStatusExhausted EnrollmentTokenStatus = "exhausted"
+	EnrollmentTokenStatusExpired   EnrollmentTokenStatus = "expired"
+	EnrollmentTokenStatusRevoked   EnrollmentTokenStatus = "revoked"
+)
+
+// Valid indicates whether the value is a known member of the EnrollmentTokenStatus enum.
+func (e EnrollmentTokenStatus) Valid() bool {
+	switch e {
+	case EnrollmentTokenStatusActive:
+		return true
+	case EnrollmentTokenStatusExhausted:
+		return true
+	case EnrollmentTokenStatusExpired:
+		return true
+	case EnrollmentTokenStatusRevoked:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for GrantCategory.
+const (
+	GrantCategoryAgent GrantCategory = "agent"
+	GrantCategoryCmd   GrantCategory = "cmd"
+	GrantCategoryEvt   GrantCategory = "evt"
+	GrantCategoryState GrantCategory = "state"
+)
+
+// Valid indicates whether the value is a known member of the GrantCategory enum.
+func (e GrantCategory) Valid() bool {
+	switch e {
+	case GrantCategoryAgent:
+		return true
+	case GrantCategoryCmd:
+		return true
+	case GrantCategoryEvt:
+		return true
+	case GrantCategoryState:
 		return true
 	default:
 		return false
@@ -112,6 +186,42 @@ func (e ProblemCode) Valid() bool {
 	case ProblemCodeUnprocessable:
 		return true
 	case ProblemCodeUnsupportedMediaType:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for RevocationKind.
+const (
+	RevocationKindGrant   RevocationKind = "grant"
+	RevocationKindVehicle RevocationKind = "vehicle"
+)
+
+// Valid indicates whether the value is a known member of the RevocationKind enum.
+func (e RevocationKind) Valid() bool {
+	switch e {
+	case RevocationKindGrant:
+		return true
+	case RevocationKindVehicle:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for RevocationStatus.
+const (
+	RevocationStatusPending RevocationStatus = "pending"
+	RevocationStatusProven  RevocationStatus = "proven"
+)
+
+// Valid indicates whether the value is a known member of the RevocationStatus enum.
+func (e RevocationStatus) Valid() bool {
+	switch e {
+	case RevocationStatusPending:
+		return true
+	case RevocationStatusProven:
 		return true
 	default:
 		return false
@@ -241,14 +351,34 @@ type APIKeyList struct {
 	NextCursor *string  `json:"next_cursor"`
 }
 
-// ActorType defines model for ActorType.
+// ActorType Who acted; `enrollment_token` for enrollments, `vehicle` for renewals (the actor ID is the token ID or vehicle ID).
 type ActorType string
+
+// AgentNonce defines model for AgentNonce.
+type AgentNonce struct {
+	ExpiresAt time.Time `json:"expires_at"`
+
+	// Nonce Sign these exact bytes (the string as sent) with the vehicle's seed.
+	Nonce string `json:"nonce"`
+}
+
+// AgentNonceRequest defines model for AgentNonceRequest.
+type AgentNonceRequest struct {
+	// PublicKey A public NATS user nkey: 56 characters starting with `U`. Make a key
+	// pair with `nk -gen user -pubout` (prints the seed, then the public
+	// key) or `nsc generate nkey --user`; keep the seed (`SU...`) secret
+	// and send only the public key. Account (`A...`) and operator (`O...`)
+	// keys and seeds are refused.
+	PublicKey PublicUserKey `json:"public_key"`
+}
 
 // AuditEvent defines model for AuditEvent.
 type AuditEvent struct {
 	// Action What happened, e.g. `fleet.create`.
-	Action    string    `json:"action"`
-	ActorId   string    `json:"actor_id"`
+	Action  string `json:"action"`
+	ActorId string `json:"actor_id"`
+
+	// ActorType Who acted; `enrollment_token` for enrollments, `vehicle` for renewals (the actor ID is the token ID or vehicle ID).
 	ActorType ActorType `json:"actor_type"`
 	At        time.Time `json:"at"`
 
@@ -267,8 +397,125 @@ type AuditEventList struct {
 	NextCursor *string      `json:"next_cursor"`
 }
 
+// ConnectionType defines model for ConnectionType.
+type ConnectionType string
+
 // Description defines model for Description.
 type Description = string
+
+// EnrollRequest defines model for EnrollRequest.
+type EnrollRequest struct {
+	// AgentVersion The agent's version, for display.
+	AgentVersion *string `json:"agent_version,omitempty"`
+
+	// Arch The agent's CPU architecture (`arm64`, `amd64`...), for display.
+	Arch *string `json:"arch,omitempty"`
+
+	// Hostname The vehicle's host name, for display.
+	Hostname *string `json:"hostname,omitempty"`
+
+	// PublicKey A public NATS user nkey: 56 characters starting with `U`. Make a key
+	// pair with `nk -gen user -pubout` (prints the seed, then the public
+	// key) or `nsc generate nkey --user`; keep the seed (`SU...`) secret
+	// and send only the public key. Account (`A...`) and operator (`O...`)
+	// keys and seeds are refused.
+	PublicKey PublicUserKey `json:"public_key"`
+
+	// Token The enrollment token, `fpe_<id>_<secret>`.
+	Token string `json:"token"`
+
+	// VehicleId 1-64 characters of A-Z, a-z, 0-9, '_' and '-'; a NATS subject token.
+	VehicleId *VehicleID `json:"vehicle_id,omitempty"`
+}
+
+// EnrollmentToken defines model for EnrollmentToken.
+type EnrollmentToken struct {
+	CreatedAt time.Time `json:"created_at"`
+
+	// CreatedBy Who created the token, `user:<uuid>` or `api_key:<id>`.
+	CreatedBy   string      `json:"created_by"`
+	Description Description `json:"description"`
+	ExpiresAt   time.Time   `json:"expires_at"`
+
+	// Fleet 1-63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit.
+	Fleet Slug `json:"fleet"`
+
+	// Id 16 characters of a-z and 2-7.
+	Id         EnrollmentTokenID `json:"id"`
+	LastUsedAt *time.Time        `json:"last_used_at"`
+	MaxUses    int               `json:"max_uses"`
+	RevokedAt  *time.Time        `json:"revoked_at"`
+
+	// SourceCidrs Networks enrollment is accepted from; empty = anywhere.
+	SourceCidrs []string `json:"source_cidrs"`
+
+	// Status `active` tokens can enroll; the others cannot: `revoked`, `expired`, or `exhausted` (every use spent).
+	Status EnrollmentTokenStatus `json:"status"`
+	Uses   int                   `json:"uses"`
+
+	// VehicleId The only vehicle ID the token enrolls; null = the vehicle chooses (or one is generated).
+	VehicleId *string `json:"vehicle_id"`
+}
+
+// EnrollmentTokenCreate defines model for EnrollmentTokenCreate.
+type EnrollmentTokenCreate struct {
+	Description *Description `json:"description,omitempty"`
+
+	// ExpiresAt Required; in the future and at most 30 days ahead.
+	ExpiresAt time.Time `json:"expires_at"`
+
+	// MaxUses How many vehicles may enroll with it.
+	MaxUses *int `json:"max_uses,omitempty"`
+
+	// SourceCidrs Accept enrollment only from these networks (e.g. `203.0.113.0/24`, `2001:db8::/48`; a bare address means just it); omit for anywhere.
+	SourceCidrs *[]string `json:"source_cidrs,omitempty"`
+
+	// VehicleId 1-64 characters of A-Z, a-z, 0-9, '_' and '-'; a NATS subject token.
+	VehicleId *VehicleID `json:"vehicle_id,omitempty"`
+}
+
+// EnrollmentTokenCreated An enrollment token with its secret, returned only by the call that created it.
+type EnrollmentTokenCreated struct {
+	CreatedAt   time.Time   `json:"created_at"`
+	CreatedBy   string      `json:"created_by"`
+	Description Description `json:"description"`
+	ExpiresAt   time.Time   `json:"expires_at"`
+
+	// Fleet 1-63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit.
+	Fleet Slug `json:"fleet"`
+
+	// Id 16 characters of a-z and 2-7.
+	Id EnrollmentTokenID `json:"id"`
+
+	// InstallCommand Run this on the vehicle, as root, to install the agent and enroll
+	// it: `curl -fsSL <control plane>/install.sh | sudo sh -s -- --token <token>`.
+	// It contains the token: treat it as the secret it is.
+	InstallCommand string     `json:"install_command"`
+	LastUsedAt     *time.Time `json:"last_used_at"`
+	MaxUses        int        `json:"max_uses"`
+	RevokedAt      *time.Time `json:"revoked_at"`
+	SourceCidrs    []string   `json:"source_cidrs"`
+
+	// Status `active` tokens can enroll; the others cannot: `revoked`, `expired`, or `exhausted` (every use spent).
+	Status EnrollmentTokenStatus `json:"status"`
+
+	// Token The enrollment token. Shown once; store it now or use `install_command`.
+	Token     string  `json:"token"`
+	Uses      int     `json:"uses"`
+	VehicleId *string `json:"vehicle_id"`
+}
+
+// EnrollmentTokenID 16 characters of a-z and 2-7.
+type EnrollmentTokenID = string
+
+// EnrollmentTokenList defines model for EnrollmentTokenList.
+type EnrollmentTokenList struct {
+	Items      []EnrollmentToken `json:"items"`
+	NextCursor *string           `json:"next_cursor"`
+}
+
+// EnrollmentTokenStatus `active` tokens can enroll; the others cannot: `revoked`, `expired`, or `exhausted` (every use spent).
+type EnrollmentTokenStatus string
 
 // Environment 1-32 characters of a-z, 0-9, '_' and '-', starting and ending with a letter or digit; a NATS subject token.
 type Environment = string
@@ -331,6 +578,164 @@ type FleetUpdate struct {
 	Name *Name `json:"name,omitempty"`
 }
 
+// Grant defines model for Grant.
+type Grant struct {
+	ConnectionTypes []ConnectionType `json:"connection_types"`
+	CreatedAt       time.Time        `json:"created_at"`
+	CreatedBy       string           `json:"created_by"`
+	Description     Description      `json:"description"`
+	ExpiresAt       time.Time        `json:"expires_at"`
+
+	// Id 1-64 characters of A-Z, a-z, 0-9, '_' and '-'; also the grant's NATS user name.
+	Id     GrantID `json:"id"`
+	Locale string  `json:"locale"`
+
+	// Publish Exactly the subjects the JWT may publish to.
+	Publish []string `json:"publish"`
+
+	// Region 1-32 characters of a-z, 0-9 and '-', starting and ending with a letter or digit.
+	Region RegionName `json:"region"`
+
+	// Revocation The latest revocation of the grant's key, if revoked.
+	Revocation  *Revocation  `json:"revocation"`
+	RevokedAt   *time.Time   `json:"revoked_at"`
+	Scopes      []GrantScope `json:"scopes"`
+	SourceCidrs []string     `json:"source_cidrs"`
+
+	// Subscribe Exactly the subjects the JWT may subscribe to.
+	Subscribe   []string     `json:"subscribe"`
+	TimeWindows []TimeWindow `json:"time_windows"`
+
+	// UserPublicKey A public NATS user nkey: 56 characters starting with `U`. Make a key
+	// pair with `nk -gen user -pubout` (prints the seed, then the public
+	// key) or `nsc generate nkey --user`; keep the seed (`SU...`) secret
+	// and send only the public key. Account (`A...`) and operator (`O...`)
+	// keys and seeds are refused.
+	UserPublicKey PublicUserKey `json:"user_public_key"`
+}
+
+// GrantCategory A part of each vehicle's subject tree `fleet.<env>.veh.<vehicle_id>.<category>.>`:
+// `state` (telemetry), `evt` (events) and `agent` (agent health) are
+// subscribe-only; `cmd` publishes commands and subscribes to their replies.
+type GrantCategory string
+
+// GrantCreate defines model for GrantCreate.
+type GrantCreate struct {
+	// ConnectionTypes How the holder may connect; omit for both.
+	ConnectionTypes *[]ConnectionType `json:"connection_types,omitempty"`
+	Description     *Description      `json:"description,omitempty"`
+
+	// DryRun Same as `?dry_run=true`.
+	DryRun *bool `json:"dry_run,omitempty"`
+
+	// ExpiresAt Required; in the future and within the server's maximum grant lifetime.
+	ExpiresAt time.Time `json:"expires_at"`
+
+	// Locale The IANA time zone of `time_windows` (e.g. `Europe/Berlin`); default the hub's local time.
+	Locale *string `json:"locale,omitempty"`
+
+	// PublicKey A public NATS user nkey: 56 characters starting with `U`. Make a key
+	// pair with `nk -gen user -pubout` (prints the seed, then the public
+	// key) or `nsc generate nkey --user`; keep the seed (`SU...`) secret
+	// and send only the public key. Account (`A...`) and operator (`O...`)
+	// keys and seeds are refused.
+	PublicKey *PublicUserKey `json:"public_key,omitempty"`
+
+	// Publish Extra subjects the holder may publish to, inside `fleet.>` (wildcards allowed).
+	Publish *[]string     `json:"publish,omitempty"`
+	Scopes  *[]GrantScope `json:"scopes,omitempty"`
+
+	// SourceCidrs Accept connections only from these networks (CIDR notation); omit for anywhere.
+	SourceCidrs *[]string `json:"source_cidrs,omitempty"`
+
+	// Subscribe Extra subjects the holder may subscribe to, inside `fleet.>` (wildcards allowed; at most 200 explicit subjects in all).
+	Subscribe *[]string `json:"subscribe,omitempty"`
+
+	// TimeWindows Accept connections only inside these daily windows; omit for any time.
+	TimeWindows *[]TimeWindow `json:"time_windows,omitempty"`
+}
+
+// GrantCreated A new grant with its JWT and, when the server made the key, its creds (shown once).
+type GrantCreated struct {
+	ConnectionTypes []ConnectionType `json:"connection_types"`
+	CreatedAt       time.Time        `json:"created_at"`
+	CreatedBy       string           `json:"created_by"`
+
+	// Creds Present only when the server made the key: a NATS creds file (JWT
+	// and seed) for `nats --creds` or any NATS client. Shown once; save
+	// it (mode 0600) now.
+	Creds       *string     `json:"creds,omitempty"`
+	Description Description `json:"description"`
+	ExpiresAt   time.Time   `json:"expires_at"`
+
+	// Id 1-64 characters of A-Z, a-z, 0-9, '_' and '-'; also the grant's NATS user name.
+	Id GrantID `json:"id"`
+
+	// Jwt The grant's user JWT; with the holder's seed it makes a creds file.
+	Jwt     string   `json:"jwt"`
+	Locale  string   `json:"locale"`
+	Publish []string `json:"publish"`
+
+	// Region 1-32 characters of a-z, 0-9 and '-', starting and ending with a letter or digit.
+	Region      RegionName   `json:"region"`
+	Revocation  *Revocation  `json:"revocation"`
+	RevokedAt   *time.Time   `json:"revoked_at"`
+	Scopes      []GrantScope `json:"scopes"`
+	SourceCidrs []string     `json:"source_cidrs"`
+	Subscribe   []string     `json:"subscribe"`
+	TimeWindows []TimeWindow `json:"time_windows"`
+
+	// UserPublicKey A public NATS user nkey: 56 characters starting with `U`. Make a key
+	// pair with `nk -gen user -pubout` (prints the seed, then the public
+	// key) or `nsc generate nkey --user`; keep the seed (`SU...`) secret
+	// and send only the public key. Account (`A...`) and operator (`O...`)
+	// keys and seeds are refused.
+	UserPublicKey PublicUserKey `json:"user_public_key"`
+}
+
+// GrantID 1-64 characters of A-Z, a-z, 0-9, '_' and '-'; also the grant's NATS user name.
+type GrantID = string
+
+// GrantList defines model for GrantList.
+type GrantList struct {
+	Items      []Grant `json:"items"`
+	NextCursor *string `json:"next_cursor"`
+}
+
+// GrantPreview What a grant would be (a dry run); nothing was created.
+type GrantPreview struct {
+	ConnectionTypes []ConnectionType `json:"connection_types"`
+	Description     Description      `json:"description"`
+	ExpiresAt       time.Time        `json:"expires_at"`
+	Locale          string           `json:"locale"`
+	Publish         []string         `json:"publish"`
+
+	// Region 1-32 characters of a-z, 0-9 and '-', starting and ending with a letter or digit.
+	Region      RegionName   `json:"region"`
+	Scopes      []GrantScope `json:"scopes"`
+	SourceCidrs []string     `json:"source_cidrs"`
+	Subscribe   []string     `json:"subscribe"`
+	TimeWindows []TimeWindow `json:"time_windows"`
+
+	// UserPublicKey A public NATS user nkey: 56 characters starting with `U`. Make a key
+	// pair with `nk -gen user -pubout` (prints the seed, then the public
+	// key) or `nsc generate nkey --user`; keep the seed (`SU...`) secret
+	// and send only the public key. Account (`A...`) and operator (`O...`)
+	// keys and seeds are refused.
+	UserPublicKey *PublicUserKey `json:"user_public_key,omitempty"`
+}
+
+// GrantScope defines model for GrantScope.
+type GrantScope struct {
+	Categories []GrantCategory `json:"categories"`
+
+	// Fleet 1-63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit.
+	Fleet Slug `json:"fleet"`
+
+	// VehicleIds Only these vehicles (at most 1000, each in the fleet); omit for every vehicle of the fleet, present and future. Required with `cmd`.
+	VehicleIds *[]VehicleID `json:"vehicle_ids,omitempty"`
+}
+
 // KeyRole The role of a new API key; at most the caller's own.
 type KeyRole string
 
@@ -341,6 +746,22 @@ type Labels map[string]string
 
 // Name A display name; surrounding spaces are trimmed, control characters are refused.
 type Name = string
+
+// NodeAck defines model for NodeAck.
+type NodeAck struct {
+	Message *string `json:"message"`
+	Node    string  `json:"node"`
+	Ok      bool    `json:"ok"`
+}
+
+// NodeConnections defines model for NodeConnections.
+type NodeConnections struct {
+	Connections int `json:"connections"`
+
+	// Error Why the node could not be asked.
+	Error *string `json:"error"`
+	Node  string  `json:"node"`
+}
 
 // Plan defines model for Plan.
 type Plan string
@@ -375,6 +796,13 @@ type Problem struct {
 // ProblemCode Machine-readable error code.
 type ProblemCode string
 
+// PublicUserKey A public NATS user nkey: 56 characters starting with `U`. Make a key
+// pair with `nk -gen user -pubout` (prints the seed, then the public
+// key) or `nsc generate nkey --user`; keep the seed (`SU...`) secret
+// and send only the public key. Account (`A...`) and operator (`O...`)
+// keys and seeds are refused.
+type PublicUserKey = string
+
 // Region defines model for Region.
 type Region struct {
 	DisplayName string `json:"display_name"`
@@ -393,6 +821,64 @@ type RegionList struct {
 
 // RegionName 1-32 characters of a-z, 0-9 and '-', starting and ending with a letter or digit.
 type RegionName = string
+
+// RenewRequest defines model for RenewRequest.
+type RenewRequest struct {
+	// Nonce The nonce from `POST /v1/agent/nonce`, unchanged.
+	Nonce string `json:"nonce"`
+
+	// PublicKey A public NATS user nkey: 56 characters starting with `U`. Make a key
+	// pair with `nk -gen user -pubout` (prints the seed, then the public
+	// key) or `nsc generate nkey --user`; keep the seed (`SU...`) secret
+	// and send only the public key. Account (`A...`) and operator (`O...`)
+	// keys and seeds are refused.
+	PublicKey PublicUserKey `json:"public_key"`
+
+	// Signature The nkey (Ed25519) signature over the nonce's bytes, base64url without padding.
+	Signature string `json:"signature"`
+}
+
+// Revocation A user key added to the tenant account's revocations, and the proof
+// that it took effect on every hub node.
+type Revocation struct {
+	// AccountVersion The account JWT version that carries the revocation.
+	AccountVersion int64      `json:"account_version"`
+	Attempts       int        `json:"attempts"`
+	CompletedAt    *time.Time `json:"completed_at"`
+
+	// Connections Each hub node's count of the key's open connections at the latest check.
+	Connections          []NodeConnections `json:"connections"`
+	ConnectionsRemaining int               `json:"connections_remaining"`
+	Id                   int64             `json:"id"`
+	Kind                 RevocationKind    `json:"kind"`
+	LastError            *string           `json:"last_error"`
+
+	// LatencyMs From `requested_at` to the proof, in milliseconds (so far, while pending).
+	LatencyMs float64 `json:"latency_ms"`
+
+	// Nodes Each hub node's answer to the latest push.
+	Nodes       []NodeAck `json:"nodes"`
+	RequestedAt time.Time `json:"requested_at"`
+
+	// Status `proven`: every hub node acknowledged and no connection of the key remains; `pending`: a background job is still pushing or checking.
+	Status RevocationStatus `json:"status"`
+
+	// TargetId The vehicle ID or grant ID.
+	TargetId string `json:"target_id"`
+
+	// UserPublicKey A public NATS user nkey: 56 characters starting with `U`. Make a key
+	// pair with `nk -gen user -pubout` (prints the seed, then the public
+	// key) or `nsc generate nkey --user`; keep the seed (`SU...`) secret
+	// and send only the public key. Account (`A...`) and operator (`O...`)
+	// keys and seeds are refused.
+	UserPublicKey PublicUserKey `json:"user_public_key"`
+}
+
+// RevocationKind defines model for Revocation.Kind.
+type RevocationKind string
+
+// RevocationStatus `proven`: every hub node acknowledged and no connection of the key remains; `pending`: a background job is still pushing or checking.
+type RevocationStatus string
 
 // Role defines model for Role.
 type Role string
@@ -438,6 +924,12 @@ type Tenant struct {
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
+// TimeWindow A daily window, `HH:MM:SS` to `HH:MM:SS`, in the grant's `locale`.
+type TimeWindow struct {
+	End   string `json:"end"`
+	Start string `json:"start"`
+}
+
 // User defines model for User.
 type User struct {
 	CreatedAt time.Time `json:"created_at"`
@@ -447,11 +939,22 @@ type User struct {
 
 // Vehicle defines model for Vehicle.
 type Vehicle struct {
-	CreatedAt  time.Time  `json:"created_at"`
-	EnrolledAt *time.Time `json:"enrolled_at"`
+	// AgentVersion As reported by the agent at enrollment.
+	AgentVersion *string `json:"agent_version"`
+
+	// Arch As reported by the agent at enrollment.
+	Arch      *string   `json:"arch"`
+	CreatedAt time.Time `json:"created_at"`
+
+	// CredentialsExpireAt When the vehicle's current JWT expires.
+	CredentialsExpireAt *time.Time `json:"credentials_expire_at"`
+	EnrolledAt          *time.Time `json:"enrolled_at"`
 
 	// Fleet 1-63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit.
 	Fleet Slug `json:"fleet"`
+
+	// Hostname As reported by the agent at enrollment.
+	Hostname *string `json:"hostname"`
 
 	// Labels Up to 32 labels. Keys are 1-63 characters of A-Z, a-z, 0-9, '.', '_',
 	// '/' and '-', starting with a letter or digit; values at most 256 bytes
@@ -460,9 +963,15 @@ type Vehicle struct {
 	LastSeenAt *time.Time `json:"last_seen_at"`
 
 	// Name A display name; surrounding spaces are trimmed, control characters are refused.
-	Name      Name          `json:"name"`
-	Status    VehicleStatus `json:"status"`
-	UpdatedAt time.Time     `json:"updated_at"`
+	Name Name `json:"name"`
+
+	// Revocation While the vehicle is revoked, its latest revocation (single-vehicle reads only); null otherwise.
+	Revocation *Revocation   `json:"revocation"`
+	Status     VehicleStatus `json:"status"`
+	UpdatedAt  time.Time     `json:"updated_at"`
+
+	// UserPublicKey The public user nkey the vehicle's credentials were issued for; null before it has any.
+	UserPublicKey *string `json:"user_public_key"`
 
 	// VehicleId 1-64 characters of A-Z, a-z, 0-9, '_' and '-'; a NATS subject token.
 	VehicleId VehicleID `json:"vehicle_id"`
@@ -480,6 +989,55 @@ type VehicleCreate struct {
 
 	// VehicleId 1-64 characters of A-Z, a-z, 0-9, '_' and '-'; a NATS subject token.
 	VehicleId VehicleID `json:"vehicle_id"`
+}
+
+// VehicleCredentials What a vehicle needs to connect its leaf node to the hub.
+type VehicleCredentials struct {
+	// Account The public key of the tenant's NATS account.
+	Account string `json:"account"`
+
+	// CaBundle PEM CA certificates that verify the hubs; null = the system roots.
+	CaBundle *string `json:"ca_bundle"`
+
+	// ExpiresAt When the JWT expires; the hubs disconnect the vehicle then.
+	ExpiresAt time.Time `json:"expires_at"`
+
+	// InboxPrefix The vehicle's reply-inbox prefix, `_INBOX.veh.<vehicle_id>`.
+	InboxPrefix string `json:"inbox_prefix"`
+
+	// IngestSubject Where stored telemetry is forwarded to the hub stream, `ingest.<env>.<vehicle_id>`.
+	IngestSubject string `json:"ingest_subject"`
+
+	// JetstreamDomain The JetStream domain of the vehicle's own leaf node.
+	JetstreamDomain string `json:"jetstream_domain"`
+
+	// Jwt The vehicle's user JWT, signed for the public key that was sent.
+	// Not secret on its own: a connection also needs the seed. Write it
+	// with the seed into a creds file (mode 0600).
+	Jwt string `json:"jwt"`
+
+	// LeafUrls The region's hub leafnode URLs (`tls://host:port`); connect to any.
+	LeafUrls []string `json:"leaf_urls"`
+
+	// Region 1-32 characters of a-z, 0-9 and '-', starting and ending with a letter or digit.
+	Region RegionName `json:"region"`
+
+	// RenewAfter When to start renewing (`POST /v1/agent/nonce`, then `/v1/agent/renew`).
+	RenewAfter time.Time `json:"renew_after"`
+
+	// SubjectPrefix The vehicle's subject tree, `fleet.<env>.veh.<vehicle_id>`.
+	SubjectPrefix string  `json:"subject_prefix"`
+	Vehicle       Vehicle `json:"vehicle"`
+}
+
+// VehicleCredentialsRequest defines model for VehicleCredentialsRequest.
+type VehicleCredentialsRequest struct {
+	// PublicKey A public NATS user nkey: 56 characters starting with `U`. Make a key
+	// pair with `nk -gen user -pubout` (prints the seed, then the public
+	// key) or `nsc generate nkey --user`; keep the seed (`SU...`) secret
+	// and send only the public key. Account (`A...`) and operator (`O...`)
+	// keys and seeds are refused.
+	PublicKey PublicUserKey `json:"public_key"`
 }
 
 // VehicleID 1-64 characters of A-Z, a-z, 0-9, '_' and '-'; a NATS subject token.
@@ -511,11 +1069,20 @@ type VehicleUpdate struct {
 // Cursor defines model for Cursor.
 type Cursor = string
 
+// EnrollmentTokenIDPath 16 characters of a-z and 2-7.
+type EnrollmentTokenIDPath = EnrollmentTokenID
+
 // FleetSlug 1-63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit.
 type FleetSlug = Slug
 
+// GrantIDPath 1-64 characters of A-Z, a-z, 0-9, '_' and '-'; also the grant's NATS user name.
+type GrantIDPath = GrantID
+
 // IdempotencyKey defines model for IdempotencyKey.
 type IdempotencyKey = string
+
+// IncludeInactive defines model for IncludeInactive.
+type IncludeInactive = bool
 
 // Limit defines model for Limit.
 type Limit = int
@@ -523,11 +1090,29 @@ type Limit = int
 // VehicleIDPath 1-64 characters of A-Z, a-z, 0-9, '_' and '-'; a NATS subject token.
 type VehicleIDPath = VehicleID
 
+// EnrollmentTokenRejected RFC 9457 problem details.
+type EnrollmentTokenRejected = Problem
+
+// ProofRejected RFC 9457 problem details.
+type ProofRejected = Problem
+
 // TooManyRequests RFC 9457 problem details.
 type TooManyRequests = Problem
 
 // Unauthorized RFC 9457 problem details.
 type Unauthorized = Problem
+
+// CreateAgentNonceParams defines parameters for CreateAgentNonce.
+type CreateAgentNonceParams struct {
+	// IdempotencyKey Makes a POST safe to retry; see the introduction.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// RenewAgentParams defines parameters for RenewAgent.
+type RenewAgentParams struct {
+	// IdempotencyKey Makes a POST safe to retry; see the introduction.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
 
 // ListAPIKeysParams defines parameters for ListAPIKeys.
 type ListAPIKeysParams struct {
@@ -571,6 +1156,12 @@ type ListAuditEventsParams struct {
 	Until *time.Time `form:"until,omitempty" json:"until,omitempty"`
 }
 
+// EnrollParams defines parameters for Enroll.
+type EnrollParams struct {
+	// IdempotencyKey Makes a POST safe to retry; see the introduction.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
 // ListFleetsParams defines parameters for ListFleets.
 type ListFleetsParams struct {
 	// Cursor The `next_cursor` of the previous page, unchanged.
@@ -582,6 +1173,24 @@ type ListFleetsParams struct {
 
 // CreateFleetParams defines parameters for CreateFleet.
 type CreateFleetParams struct {
+	// IdempotencyKey Makes a POST safe to retry; see the introduction.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// ListEnrollmentTokensParams defines parameters for ListEnrollmentTokens.
+type ListEnrollmentTokensParams struct {
+	// Cursor The `next_cursor` of the previous page, unchanged.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+
+	// Limit Page size.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// IncludeInactive Also list inactive ones (revoked, expired or, for enrollment tokens, used up).
+	IncludeInactive *IncludeInactive `form:"include_inactive,omitempty" json:"include_inactive,omitempty"`
+}
+
+// CreateEnrollmentTokenParams defines parameters for CreateEnrollmentToken.
+type CreateEnrollmentTokenParams struct {
 	// IdempotencyKey Makes a POST safe to retry; see the introduction.
 	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
@@ -610,14 +1219,67 @@ type CreateVehicleParams struct {
 	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
 
+// IssueVehicleCredentialsParams defines parameters for IssueVehicleCredentials.
+type IssueVehicleCredentialsParams struct {
+	// IdempotencyKey Makes a POST safe to retry; see the introduction.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// RevokeVehicleParams defines parameters for RevokeVehicle.
+type RevokeVehicleParams struct {
+	// IdempotencyKey Makes a POST safe to retry; see the introduction.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// ListGrantsParams defines parameters for ListGrants.
+type ListGrantsParams struct {
+	// Cursor The `next_cursor` of the previous page, unchanged.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+
+	// Limit Page size.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// IncludeInactive Also list inactive ones (revoked, expired or, for enrollment tokens, used up).
+	IncludeInactive *IncludeInactive `form:"include_inactive,omitempty" json:"include_inactive,omitempty"`
+}
+
+// CreateGrantParams defines parameters for CreateGrant.
+type CreateGrantParams struct {
+	// DryRun Validate and preview the permissions without creating anything.
+	DryRun *bool `form:"dry_run,omitempty" json:"dry_run,omitempty"`
+
+	// IdempotencyKey Makes a POST safe to retry; see the introduction.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// GetGrantContext200JSONResponseBody defines parameters for GetGrantContext.
+type GetGrantContext200JSONResponseBody struct {
+	// Creds Where the context expects the grant's creds file.
+	Creds       string  `json:"creds"`
+	Description *string `json:"description,omitempty"`
+
+	// Url The hub client URLs, comma separated.
+	Url                  string                 `json:"url"`
+	AdditionalProperties map[string]interface{} `json:"-"`
+}
+
 // SignupParams defines parameters for Signup.
 type SignupParams struct {
 	// IdempotencyKey Makes a POST safe to retry; see the introduction.
 	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
 
+// CreateAgentNonceJSONRequestBody defines body for CreateAgentNonce for application/json ContentType.
+type CreateAgentNonceJSONRequestBody = AgentNonceRequest
+
+// RenewAgentJSONRequestBody defines body for RenewAgent for application/json ContentType.
+type RenewAgentJSONRequestBody = RenewRequest
+
 // CreateAPIKeyJSONRequestBody defines body for CreateAPIKey for application/json ContentType.
 type CreateAPIKeyJSONRequestBody = APIKeyCreate
+
+// EnrollJSONRequestBody defines body for Enroll for application/json ContentType.
+type EnrollJSONRequestBody = EnrollRequest
 
 // CreateFleetJSONRequestBody defines body for CreateFleet for application/json ContentType.
 type CreateFleetJSONRequestBody = FleetCreate
@@ -625,11 +1287,114 @@ type CreateFleetJSONRequestBody = FleetCreate
 // UpdateFleetJSONRequestBody defines body for UpdateFleet for application/json ContentType.
 type UpdateFleetJSONRequestBody = FleetUpdate
 
+// CreateEnrollmentTokenJSONRequestBody defines body for CreateEnrollmentToken for application/json ContentType.
+type CreateEnrollmentTokenJSONRequestBody = EnrollmentTokenCreate
+
 // CreateVehicleJSONRequestBody defines body for CreateVehicle for application/json ContentType.
 type CreateVehicleJSONRequestBody = VehicleCreate
 
 // UpdateVehicleJSONRequestBody defines body for UpdateVehicle for application/json ContentType.
 type UpdateVehicleJSONRequestBody = VehicleUpdate
 
+// IssueVehicleCredentialsJSONRequestBody defines body for IssueVehicleCredentials for application/json ContentType.
+type IssueVehicleCredentialsJSONRequestBody = VehicleCredentialsRequest
+
+// CreateGrantJSONRequestBody defines body for CreateGrant for application/json ContentType.
+type CreateGrantJSONRequestBody = GrantCreate
+
 // SignupJSONRequestBody defines body for Signup for application/json ContentType.
 type SignupJSONRequestBody = SignupRequest
+
+// Getter for additional properties for GetGrantContext200JSONResponseBody. Returns the specified
+// element and whether it was found
+func (a GetGrantContext200JSONResponseBody) Get(fieldName string) (value interface{}, found bool) {
+	if a.AdditionalProperties != nil {
+		value, found = a.AdditionalProperties[fieldName]
+	}
+	return
+}
+
+// Setter for additional properties for GetGrantContext200JSONResponseBody
+func (a *GetGrantContext200JSONResponseBody) Set(fieldName string, value interface{}) {
+	if a.AdditionalProperties == nil {
+		a.AdditionalProperties = make(map[string]interface{})
+	}
+	a.AdditionalProperties[fieldName] = value
+}
+
+// Override default JSON handling for GetGrantContext200JSONResponseBody to handle AdditionalProperties
+func (a *GetGrantContext200JSONResponseBody) UnmarshalJSON(b []byte) error {
+	object := make(map[string]json.RawMessage)
+	err := json.Unmarshal(b, &object)
+	if err != nil {
+		return err
+	}
+
+	if raw, found := object["creds"]; found {
+		err = json.Unmarshal(raw, &a.Creds)
+		if err != nil {
+			return fmt.Errorf("error reading 'creds': %w", err)
+		}
+		delete(object, "creds")
+	}
+
+	if raw, found := object["description"]; found {
+		err = json.Unmarshal(raw, &a.Description)
+		if err != nil {
+			return fmt.Errorf("error reading 'description': %w", err)
+		}
+		delete(object, "description")
+	}
+
+	if raw, found := object["url"]; found {
+		err = json.Unmarshal(raw, &a.Url)
+		if err != nil {
+			return fmt.Errorf("error reading 'url': %w", err)
+		}
+		delete(object, "url")
+	}
+
+	if len(object) != 0 {
+		a.AdditionalProperties = make(map[string]interface{})
+		for fieldName, fieldBuf := range object {
+			var fieldVal interface{}
+			err := json.Unmarshal(fieldBuf, &fieldVal)
+			if err != nil {
+				return fmt.Errorf("error unmarshaling field %s: %w", fieldName, err)
+			}
+			a.AdditionalProperties[fieldName] = fieldVal
+		}
+	}
+	return nil
+}
+
+// Override default JSON handling for GetGrantContext200JSONResponseBody to handle AdditionalProperties
+func (a GetGrantContext200JSONResponseBody) MarshalJSON() ([]byte, error) {
+	var err error
+	object := make(map[string]json.RawMessage)
+
+	object["creds"], err = json.Marshal(a.Creds)
+	if err != nil {
+		return nil, fmt.Errorf("error marshaling 'creds': %w", err)
+	}
+
+	if a.Description != nil {
+		object["description"], err = json.Marshal(a.Description)
+		if err != nil {
+			return nil, fmt.Errorf("error marshaling 'description': %w", err)
+		}
+	}
+
+	object["url"], err = json.Marshal(a.Url)
+	if err != nil {
+		return nil, fmt.Errorf("error marshaling 'url': %w", err)
+	}
+
+	for fieldName, field := range a.AdditionalProperties {
+		object[fieldName], err = json.Marshal(field)
+		if err != nil {
+			return nil, fmt.Errorf("error marshaling '%s': %w", fieldName, err)
+		}
+	}
+	return json.Marshal(object)
+}
