@@ -171,6 +171,16 @@ type EnrollmentTokenCreated struct {
 	Secret string
 }
 
+// EnrollmentAuth is what /v1/enroll reads before its transaction: the
+// token, the hash of its secret, its fleet and the tenant's account (one
+// round trip; a fleet's environment and region never change).
+type EnrollmentAuth struct {
+	Token   *EnrollmentToken
+	Hash    []byte
+	Fleet   *Fleet // VehicleCount not set
+	Account *Account
+}
+
 // EnrollmentTokenFilter selects a fleet's tokens.
 type EnrollmentTokenFilter struct {
 	FleetID        int64

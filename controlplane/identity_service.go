@@ -572,12 +572,13 @@ func (s *Service) Enroll(ctx context.Context, in EnrollRequest) (*VehicleCredent
 	if err != nil {
 		return nil, errBadToken()
 	}
-	tok, hash, err := s.store.FindEnrollmentTokenForAuth(ctx, id)
+	ea, err := s.store.FindEnrollmentForAuth(ctx, id)
 	if ErrorCode(err) == ENOTFOUND {
 		return nil, errBadToken()
 	} else if err != nil {
 		return nil, err
 	}
+	tok, hash := ea.Token, ea.Hash
 	now := s.now()
 	if !secret.Equal(sec, hash) || tok.RevokedAt != nil || !now.Before(tok.ExpiresAt) ||
 		tok.Uses >= tok.MaxUses || !sourceAllowed(RequestMetaFromContext(ctx).SourceIP, tok.SourceCIDRs) {
@@ -597,22 +598,14 @@ func (s *Service) Enroll(ctx context.Context, in EnrollRequest) (*VehicleCredent
 		SourceIP: meta.SourceIP, RequestID: meta.RequestID}
 	var creds *VehicleCredentials
 	var rotated *Revocation
+	f := ea.Fleet
 	err = s.store.Tx(ctx, func(tx Store) error {
-		f, err := s.findFleet(ctx, tx, tok.TenantID, tok.FleetSlug)
-		if err != nil {
-			return err
-		}
 		veh, err := tx.FindVehicle(ctx, tok.TenantID, f.ID, vid)
 		switch {
 		case ErrorCode(err) == ENOTFOUND:
+			// Inserted already enrolled by bindVehicleKey (ID == 0).
 			veh = &Vehicle{TenantID: tok.TenantID, FleetID: f.ID, FleetSlug: f.Slug, VehicleID: vid,
 				Name: vid, Labels: map[string]string{}, Status: VehiclePending}
-			if err := tx.CreateVehicle(ctx, veh); err != nil {
-				if ErrorCode(err) == ECONFLICT {
-					return Errorf(ECONFLICT, "vehicle %q already exists in this tenant (in another fleet, or enrolled at this moment)", vid)
-				}
-				return err
-			}
 		case err != nil:
 			return err
 		case veh.Status != VehiclePending && tok.VehicleID != vid:
@@ -620,7 +613,7 @@ func (s *Service) Enroll(ctx context.Context, in EnrollRequest) (*VehicleCredent
 			// (or held) credentials: that needs the operator's intent.
 			return Errorf(ECONFLICT, "vehicle %q is already enrolled; enrolling it again needs a token created for vehicle_id %q", vid, vid)
 		}
-		if creds, rotated, err = s.bindVehicleKey(ctx, tx, iss, p, f, veh, in.PublicKey, &in, "vehicle.enroll"); err != nil {
+		if creds, rotated, err = s.bindVehicleKey(ctx, tx, iss, p, f, veh, ea.Account, in.PublicKey, &in, "vehicle.enroll"); err != nil {
 			return err
 		}
 		// Last, so that the token's row lock is held only at the end of
@@ -685,14 +678,19 @@ func sourceAllowed(ip string, cidrs []string) bool {
 // was ever revoked in this account is refused: re-enrollment needs a fresh
 // nkey (a JWT re-issued to a revoked key within the same second would be
 // revoked too, and a revoked key may be compromised).
+//
+// a is the tenant's account when the caller has read it already (nil: read
+// it here); it needs its keys and revocations, not a lock.
 func (s *Service) bindVehicleKey(ctx context.Context, tx Store, iss Issuer, p *Principal, f *Fleet, v *Vehicle,
-	pub string, in *EnrollRequest, action string) (*VehicleCredentials, *Revocation, error) {
+	a *Account, pub string, in *EnrollRequest, action string) (*VehicleCredentials, *Revocation, error) {
 	if v.Status == VehicleDisabled {
 		return nil, nil, Errorf(ECONFLICT, "vehicle %q is disabled; enable it first", v.VehicleID)
 	}
-	a, err := tx.FindAccount(ctx, p.TenantID, false)
-	if err != nil {
-		return nil, nil, err
+	var err error
+	if a == nil {
+		if a, err = tx.FindAccount(ctx, p.TenantID, false); err != nil {
+			return nil, nil, err
+		}
 	}
 	if _, revoked := a.Revocations[pub]; revoked {
 		return nil, nil, fieldError("public_key", "this key was revoked; generate a fresh nkey and enroll with it")
@@ -717,15 +715,28 @@ func (s *Service) bindVehicleKey(ctx context.Context, tx Store, iss Issuer, p *P
 	if err != nil {
 		return nil, nil, fmt.Errorf("signing the vehicle JWT: %w", err)
 	}
-	e := VehicleEnrollment{UserPublicKey: pub, CredentialsExpireAt: exp, Status: VehicleActive, EnrolledAt: &now}
-	if in != nil {
-		e.Hostname, e.Arch, e.AgentVersion = &in.Hostname, &in.Arch, &in.AgentVersion
+	var out *Vehicle
+	if v.ID == 0 {
+		// A new vehicle: one INSERT, already enrolled.
+		out = v
+		out.UserPublicKey, out.CredentialsExpireAt, out.Status, out.EnrolledAt = pub, &exp, VehicleActive, &now
+		if in != nil {
+			out.Hostname, out.Arch, out.AgentVersion = in.Hostname, in.Arch, in.AgentVersion
+		}
+		err = tx.CreateVehicle(ctx, out)
+	} else {
+		e := VehicleEnrollment{UserPublicKey: pub, CredentialsExpireAt: exp, Status: VehicleActive, EnrolledAt: &now}
+		if in != nil {
+			e.Hostname, e.Arch, e.AgentVersion = &in.Hostname, &in.Arch, &in.AgentVersion
+		}
+		out, err = tx.SetVehicleEnrollment(ctx, p.TenantID, v.ID, e)
 	}
-	out, err := tx.SetVehicleEnrollment(ctx, p.TenantID, v.ID, e)
-	if err != nil {
-		if ErrorCode(err) == ECONFLICT {
+	if ErrorCode(err) == ECONFLICT {
+		if strings.Contains(ErrorMessage(err), "user key") {
 			return nil, nil, Errorf(ECONFLICT, "public_key: this key is already in use; generate a fresh nkey")
 		}
+		return nil, nil, Errorf(ECONFLICT, "vehicle %q already exists in this tenant (in another fleet, or enrolled at this moment)", v.VehicleID)
+	} else if err != nil {
 		return nil, nil, err
 	}
 	out.FleetSlug = f.Slug
@@ -794,7 +805,7 @@ func (s *Service) IssueVehicleCredentials(ctx context.Context, fleetSlug, vehicl
 		if err != nil {
 			return err
 		}
-		creds, rotated, err = s.bindVehicleKey(ctx, tx, iss, p, f, v, publicKey, nil, "vehicle.credentials")
+		creds, rotated, err = s.bindVehicleKey(ctx, tx, iss, p, f, v, nil, publicKey, nil, "vehicle.credentials")
 		return err
 	})
 	if err != nil {

@@ -81,9 +81,10 @@ type Store interface {
 	FindEnrollmentTokens(ctx context.Context, tenantID string, f EnrollmentTokenFilter) ([]*EnrollmentToken, error)
 	// RevokeEnrollmentToken sets revoked_at; a revoked token answers ENOTFOUND.
 	RevokeEnrollmentToken(ctx context.Context, tenantID, id string, at time.Time) error
-	// FindEnrollmentTokenForAuth finds a token by its globally unique ID
-	// for /v1/enroll: not scoped by tenant, like FindAPIKeyForAuth.
-	FindEnrollmentTokenForAuth(ctx context.Context, id string) (*EnrollmentToken, []byte, error)
+	// FindEnrollmentForAuth finds a token by its globally unique ID for
+	// /v1/enroll — not scoped by tenant, like FindAPIKeyForAuth — with its
+	// secret hash, its fleet and its tenant's account, in one query.
+	FindEnrollmentForAuth(ctx context.Context, id string) (*EnrollmentAuth, error)
 	// UseEnrollmentToken counts one use if the token is unrevoked, unexpired
 	// at `at` and has uses left; otherwise ECONFLICT. Concurrent callers are
 	// serialized on the row: a single-use token is used exactly once.

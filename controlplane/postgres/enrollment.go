@@ -123,16 +123,32 @@ func (s *Store) RevokeEnrollmentToken(ctx context.Context, tenantID, id string, 
 	return nil
 }
 
-// FindEnrollmentTokenForAuth returns a token of any tenant and its secret
-// hash, for /v1/enroll only.
-func (s *Store) FindEnrollmentTokenForAuth(ctx context.Context, id string) (*controlplane.EnrollmentToken, []byte, error) {
-	var hash []byte
-	t, err := scanToken(s.db.QueryRow(ctx, `SELECT `+tokenColumns+`, t.secret_hash FROM enrollment_tokens t`+tokenJoin+`
-		WHERE t.id = $1`, id), &hash)
+// FindEnrollmentForAuth finds a token by its globally unique ID (not scoped
+// by tenant: the caller authenticates it by its secret) with its secret
+// hash, its fleet (without the vehicle count) and its tenant's account, in
+// one query: /v1/enroll is the hot public path.
+func (s *Store) FindEnrollmentForAuth(ctx context.Context, id string) (*controlplane.EnrollmentAuth, error) {
+	ea := &controlplane.EnrollmentAuth{Fleet: &controlplane.Fleet{}, Account: &controlplane.Account{}}
+	f, a := ea.Fleet, ea.Account
+	var limits limitsJSON
+	t, err := scanToken(s.db.QueryRow(ctx, `SELECT `+tokenColumns+`, t.secret_hash,
+			f.id, f.tenant_id, f.slug, f.name, f.description, f.environment, f.region, f.created_at, f.updated_at,
+			a.tenant_id, a.name, a.public_key, a.vehicle_signing_key, a.grant_signing_key, a.service_signing_key,
+			a.sealed, a.limits, a.revocations, a.version, a.jwt, a.pushed_version, a.pushed_at, a.created_at, a.updated_at
+		FROM enrollment_tokens t`+tokenJoin+`
+		JOIN nats_accounts a ON a.tenant_id = t.tenant_id
+		WHERE t.id = $1`, id),
+		&ea.Hash,
+		&f.ID, &f.TenantID, &f.Slug, &f.Name, &f.Description, &f.Environment, &f.Region, &f.CreatedAt, &f.UpdatedAt,
+		&a.TenantID, &a.Name, &a.PublicKey, &a.SigningKeys.Vehicle, &a.SigningKeys.Grant, &a.SigningKeys.Service,
+		&a.Sealed, &limits, &a.Revocations, &a.Version, &a.JWT, &a.PushedVersion, &a.PushedAt, &a.CreatedAt, &a.UpdatedAt)
 	if err != nil {
-		return nil, nil, translate(err, "enrollment token not found")
+		return nil, translate(err, "enrollment token not found")
 	}
-	return t, hash, nil
+	a.Limits = controlplane.AccountLimits(limits)
+	a.Revocations = revocationsOf(a)
+	ea.Token = t
+	return ea, nil
 }
 
 // UseEnrollmentToken counts one use of a token that is unrevoked,

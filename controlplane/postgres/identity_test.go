@@ -320,14 +320,16 @@ func TestEnrollmentTokens(t *testing.T) {
 	if err != nil || !reflect.DeepEqual(got, tok) {
 		t.Errorf("FindEnrollmentTokenByID = %+v, %v; want %+v", got, err, tok)
 	}
-	got, gotHash, err := s.FindEnrollmentTokenForAuth(ctx, id)
-	if err != nil || !reflect.DeepEqual(got, tok) || string(gotHash) != string(hash) {
-		t.Errorf("FindEnrollmentTokenForAuth = %+v, %x, %v", got, gotHash, err)
+	MustAccount(t, s, tn.ID)
+	ea, err := s.FindEnrollmentForAuth(ctx, id)
+	if err != nil || !reflect.DeepEqual(ea.Token, tok) || string(ea.Hash) != string(hash) ||
+		ea.Fleet.ID != f.ID || ea.Fleet.Environment != f.Environment || ea.Account.TenantID != tn.ID || ea.Account.Sealed == nil {
+		t.Errorf("FindEnrollmentForAuth = %+v, %v", ea, err)
 	}
 	if row := MustRow(t, pool, `SELECT vehicle_id, source_cidrs[3]::text AS c FROM enrollment_tokens WHERE id = $1`, id); row["vehicle_id"] != "drone-7" || row["c"] != "198.51.100.7/32" {
 		t.Errorf("stored %v", row)
 	}
-	_, _, err = s.FindEnrollmentTokenForAuth(ctx, "aaaaaaaaaaaaaaaa")
+	_, err = s.FindEnrollmentForAuth(ctx, "aaaaaaaaaaaaaaaa")
 	WantCode(t, err, controlplane.ENOTFOUND)
 	WantCode(t, s.CreateEnrollmentToken(ctx, tok, hash), controlplane.ECONFLICT)
 
