@@ -8,8 +8,12 @@ BIN      := bin
 DIST     := dist
 AGENT_ARCHES := arm64 amd64
 BENCHTIME ?= 1x
+# Outside tools some tests drive when present (CI requires them).
+TOOLS    := $(CURDIR)/bin/tools
+NATSCLI_VERSION := v0.5.0
+export PATH := $(TOOLS):$(PATH)
 
-.PHONY: all build agents run test test-race lint generate bench deps tidy clean
+.PHONY: all build agents run test test-race lint generate bench deps tools tidy clean
 
 all: build
 
@@ -29,6 +33,11 @@ agents:
 
 deps:
 	@bash .ci/ensure-deps.sh
+
+## tools: the nats CLI (pinned) into bin/tools, used by the ecosystem test in cmd/fleetplane
+tools:
+	@test -x $(TOOLS)/nats || { echo "installing the nats CLI $(NATSCLI_VERSION) into $(TOOLS)"; \
+		GOBIN=$(TOOLS) $(GO) install github.com/nats-io/natscli/nats@$(NATSCLI_VERSION); }
 
 ## run: the whole system locally (Postgres under ./.fleetplane, API on 127.0.0.1:8080, demo tenant)
 run: deps

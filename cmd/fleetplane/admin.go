@@ -3,22 +3,150 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/fleetplane/fleetplane/controlplane"
+	"github.com/fleetplane/fleetplane/controlplane/natsissuer"
+	"github.com/fleetplane/fleetplane/controlplane/postgres"
+	"github.com/fleetplane/fleetplane/internal/seal"
 )
 
-const adminUsage = `usage: fleetplane admin tenant create --name NAME --email EMAIL [--plan free|scale] [--json]
+// runAdminOperator runs `admin operator init|show|export`. They work on the
+// database directly: newApp needs an operator to exist.
+func runAdminOperator(ctx context.Context, sub string, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("fleetplane admin operator "+sub, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	name := fs.String("name", "fleetplane", "operator name (init)")
+	dir := fs.String("dir", "", "directory to write hub material into (export)")
+	resolverDir := fs.String("resolver-dir", "", "the hub's account JWT directory written into the config (export; default ./"+natsissuer.DefaultResolverDir+")")
+	asJSON := fs.Bool("json", false, "print as JSON (show)")
+	ifMissing := fs.Bool("if-missing", false, "init: succeed without changes when the operator exists (for provisioning scripts)")
+	cfg := defaultConfig()
+	if err := loadConfig(fs, args, getenv, &cfg); err != nil {
+		return err
+	}
+	if cfg.DatabaseURL == "" {
+		return &usageError{"no database: set --database-url, FLEETPLANE_DATABASE_URL(_FILE) or DATABASE_URL"}
+	}
+	if sub == "export" && *dir == "" {
+		return &usageError{"admin operator export: --dir is required"}
+	}
+	pool, err := postgres.Open(ctx, cfg.DatabaseURL, 2)
+	if err != nil {
+		return fmt.Errorf("database %s: %w", redactURL(cfg.DatabaseURL), err)
+	}
+	defer pool.Close()
+	store := postgres.NewStore(pool)
+	var op *controlplane.Operator
+	switch sub {
+	case "init":
+		keys, err := loadKeyring(&cfg)
+		if err != nil {
+			return err
+		}
+		if *ifMissing {
+			if op, err := store.FindOperator(ctx); err == nil {
+				fmt.Fprintf(stdout, "operator %s exists: %s (unchanged)\n", op.Name, op.PublicKey)
+				return nil
+			}
+		}
+		if op, err = initOperator(ctx, store, keys, *name); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "operator %s created: %s\n", op.Name, op.PublicKey)
+		fmt.Fprintf(stdout, "system account: %s\n", op.SystemAccountPublicKey)
+		fmt.Fprintln(stdout, "next: fleetplane admin operator export --dir DIR, and include DIR/"+natsissuer.HubConfigFile+" in every hub node's config")
+		return nil
+	default:
+		if op, err = store.FindOperator(ctx); controlplane.ErrorCode(err) == controlplane.ENOTFOUND {
+			return errors.New("no NATS operator yet: run `fleetplane admin operator init`")
+		} else if err != nil {
+			return err
+		}
+	}
+	if sub == "export" {
+		if err := natsissuer.WriteHubConfig(*dir, natsissuer.HubTrust(op), *resolverDir); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "wrote %s, %s and %s to %s\n", natsissuer.OperatorJWTFile, natsissuer.SystemAccountJWTFile, natsissuer.HubConfigFile, *dir)
+		return nil
+	}
+	info := map[string]any{"name": op.Name, "public_key": op.PublicKey, "signing_keys": op.SigningKeys,
+		"system_account": op.SystemAccountPublicKey, "created_at": op.CreatedAt.UTC()}
+	if *asJSON {
+		return writeJSON(stdout, info)
+	}
+	fmt.Fprintf(stdout, "operator:       %s (%s)\nsigning keys:   %s\nsystem account: %s\ncreated:        %s\n",
+		op.Name, op.PublicKey, strings.Join(op.SigningKeys, ", "), op.SystemAccountPublicKey, op.CreatedAt.UTC().Format(time.RFC3339))
+	return nil
+}
+
+// initOperator creates the operator and stores it; an existing operator is
+// never overwritten (every tenant account and hub trusts it).
+func initOperator(ctx context.Context, store controlplane.Store, keys *seal.Keyring, name string) (*controlplane.Operator, error) {
+	if _, err := store.FindOperator(ctx); err == nil {
+		return nil, errors.New("a NATS operator already exists; refusing to overwrite it (every account and hub trusts it)")
+	} else if controlplane.ErrorCode(err) != controlplane.ENOTFOUND {
+		return nil, err
+	}
+	op, err := natsissuer.NewOperator(keys, name)
+	if err != nil {
+		return nil, err
+	}
+	if err := store.CreateOperator(ctx, op); err != nil {
+		if controlplane.ErrorCode(err) == controlplane.ECONFLICT {
+			return nil, errors.New("a NATS operator already exists; refusing to overwrite it (every account and hub trusts it)")
+		}
+		return nil, err
+	}
+	return op, nil
+}
+
+// loadKeyring parses the master key from the configuration.
+func loadKeyring(cfg *Config) (*seal.Keyring, error) {
+	if cfg.MasterKey == "" {
+		return nil, errors.New("no master key: set FLEETPLANE_MASTER_KEY or FLEETPLANE_MASTER_KEY_FILE (make one with `fleetplane admin master-key generate`)")
+	}
+	keys, err := seal.ParseKeyring(cfg.MasterKey)
+	if err != nil {
+		return nil, fmt.Errorf("master key: %w", err)
+	}
+	return keys, nil
+}
+
+const adminUsage = `usage:
+  fleetplane admin tenant create --name NAME --email EMAIL [--plan free|scale] [--json]
+  fleetplane admin operator init [--name NAME] [--if-missing]   create the NATS operator (once; never overwrites)
+  fleetplane admin operator show [--json]           print the operator's public keys
+  fleetplane admin operator export --dir DIR [--resolver-dir D]   write what hub nodes need (no secrets)
+  fleetplane admin master-key generate              print a new master keyring entry
 `
 
 func runAdmin(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	if len(args) < 2 || args[0] != "tenant" || args[1] != "create" {
-		fmt.Fprint(stderr, adminUsage)
-		return &usageError{"admin: expected 'tenant create'"}
+	cmd := ""
+	if len(args) >= 2 {
+		cmd = args[0] + " " + args[1]
 	}
+	switch cmd {
+	case "tenant create":
+		return runAdminTenantCreate(ctx, args[2:], getenv, stdout, stderr)
+	case "operator init", "operator show", "operator export":
+		return runAdminOperator(ctx, args[1], args[2:], getenv, stdout, stderr)
+	case "master-key generate":
+		fmt.Fprintf(stdout, "k%s:%s\n", time.Now().UTC().Format("20060102"), seal.GenerateKey())
+		return nil
+	}
+	fmt.Fprint(stderr, adminUsage)
+	return &usageError{"admin: unknown command " + strconv.Quote(strings.Join(args, " "))}
+}
+
+func runAdminTenantCreate(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("fleetplane admin tenant create", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	name := fs.String("name", "", "organisation name (required)")
@@ -26,7 +154,7 @@ func runAdmin(ctx context.Context, args []string, getenv func(string) string, st
 	plan := fs.String("plan", controlplane.PlanFree, "plan: free or scale")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	cfg := defaultConfig()
-	if err := loadConfig(fs, args[2:], getenv, &cfg); err != nil {
+	if err := loadConfig(fs, args, getenv, &cfg); err != nil {
 		return err
 	}
 	if *name == "" || *email == "" {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -36,12 +37,40 @@ type Config struct {
 	SignupRatePerMinute int           `yaml:"signup_rate_per_minute"`
 	TrustProxyHeaders   bool          `yaml:"trust_proxy_headers"`
 	ShutdownTimeout     time.Duration `yaml:"shutdown_timeout"`
+
+	// MasterKey is the keyring that seals NATS seeds at rest,
+	// "kid:base64key[,oldkid:oldkey...]" (the first key seals; the others
+	// only open older rows). From FLEETPLANE_MASTER_KEY(_FILE) or the file.
+	MasterKey            string        `yaml:"master_key"`
+	MasterKeyFile        string        `yaml:"master_key_file"`
+	EnrollRatePerMinute  int           `yaml:"enroll_rate_per_minute"`
+	VehicleCredentialTTL time.Duration `yaml:"vehicle_credential_ttl"`
+	MaxGrantTTL          time.Duration `yaml:"max_grant_ttl"`
+	JobWorkers           int           `yaml:"job_workers"`
 }
 
 // RegionConf is one hub region in the configuration.
 type RegionConf struct {
 	Name        string `yaml:"name"`
 	DisplayName string `yaml:"display_name"`
+	// LeafURLs are what vehicles connect to (tls://hub-1.example:7422).
+	LeafURLs []string `yaml:"leaf_urls"`
+	// ClientURLs are for grants and the nats CLI (tls://hub-1.example:4222).
+	ClientURLs []string `yaml:"client_urls"`
+	// CAFile is the PEM bundle that verifies the hubs' certificates; it is
+	// handed to vehicles at enrollment.
+	CAFile string `yaml:"ca_file"`
+	// Nodes are the hub nodes the control plane pushes account JWTs to,
+	// with system-account URLs (every node of the region).
+	Nodes []HubNodeConf `yaml:"nodes"`
+
+	caBundle string // read from CAFile by Validate
+}
+
+// HubNodeConf is one hub node the control plane talks to.
+type HubNodeConf struct {
+	Name string `yaml:"name"`
+	URL  string `yaml:"url"`
 }
 
 func defaultConfig() Config {
@@ -53,6 +82,11 @@ func defaultConfig() Config {
 		LogFormat:           "json",
 		SignupRatePerMinute: 10,
 		ShutdownTimeout:     20 * time.Second,
+
+		EnrollRatePerMinute:  60,
+		VehicleCredentialTTL: 7 * 24 * time.Hour,
+		MaxGrantTTL:          30 * 24 * time.Hour,
+		JobWorkers:           10,
 	}
 }
 
@@ -89,6 +123,11 @@ func (c *Config) settings() []setting {
 		{name: "log-format", usage: "json or text", get: func() string { return c.LogFormat }, set: str(&c.LogFormat)},
 		{name: "signup-rate-per-minute", usage: "signups allowed per client IP per minute", get: func() string { return strconv.Itoa(c.SignupRatePerMinute) }, set: intSetter(&c.SignupRatePerMinute)},
 		{name: "trust-proxy-headers", usage: "take the client IP from X-Forwarded-For (only behind a trusted proxy)", get: func() string { return strconv.FormatBool(c.TrustProxyHeaders) }, set: boolSetter(&c.TrustProxyHeaders)},
+		{name: "master-key", usage: "keyring sealing NATS seeds: kid:base64key[,oldkid:key]", secret: true, get: func() string { return redactSecret(c.MasterKey) }, set: str(&c.MasterKey)},
+		{name: "enroll-rate-per-minute", usage: "enrollments (and agent renewals) allowed per client IP per minute", get: func() string { return strconv.Itoa(c.EnrollRatePerMinute) }, set: intSetter(&c.EnrollRatePerMinute)},
+		{name: "vehicle-credential-ttl", usage: "lifetime of a vehicle JWT (agents renew at half)", get: func() string { return c.VehicleCredentialTTL.String() }, set: durationSetter(&c.VehicleCredentialTTL)},
+		{name: "max-grant-ttl", usage: "longest grant lifetime", get: func() string { return c.MaxGrantTTL.String() }, set: durationSetter(&c.MaxGrantTTL)},
+		{name: "job-workers", usage: "background job workers", get: func() string { return strconv.Itoa(c.JobWorkers) }, set: intSetter(&c.JobWorkers)},
 		{name: "shutdown-timeout", usage: "how long to drain requests on shutdown", get: func() string { return c.ShutdownTimeout.String() }, set: durationSetter(&c.ShutdownTimeout)},
 	}
 }
@@ -162,6 +201,13 @@ func loadConfig(fs *flag.FlagSet, args []string, getenv func(string) string, cfg
 			return fmt.Errorf("config: database_url_file: %w", err)
 		}
 		cfg.DatabaseURL = v
+	}
+	if cfg.MasterKeyFile != "" {
+		v, err := readSecretFile(cfg.MasterKeyFile)
+		if err != nil {
+			return fmt.Errorf("config: master_key_file: %w", err)
+		}
+		cfg.MasterKey = v
 	}
 	if v := getenv("DATABASE_URL"); v != "" {
 		cfg.DatabaseURL = v
@@ -247,6 +293,40 @@ func (c *Config) Validate() error {
 	if c.ShutdownTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("shutdown_timeout must be positive"))
 	}
+	if c.EnrollRatePerMinute < 1 {
+		errs = append(errs, fmt.Errorf("enroll_rate_per_minute must be at least 1, got %d", c.EnrollRatePerMinute))
+	}
+	if c.VehicleCredentialTTL < time.Hour || c.VehicleCredentialTTL > 90*24*time.Hour {
+		errs = append(errs, fmt.Errorf("vehicle_credential_ttl must be between 1h and 2160h (90 days), got %s", c.VehicleCredentialTTL))
+	}
+	if c.MaxGrantTTL < time.Minute || c.MaxGrantTTL > 90*24*time.Hour {
+		errs = append(errs, fmt.Errorf("max_grant_ttl must be between 1m and 2160h (90 days), got %s", c.MaxGrantTTL))
+	}
+	if c.JobWorkers < 1 || c.JobWorkers > 1000 {
+		errs = append(errs, fmt.Errorf("job_workers must be 1-1000, got %d", c.JobWorkers))
+	}
+	for i := range c.Regions {
+		r := &c.Regions[i]
+		for _, u := range append(append([]string{}, r.LeafURLs...), r.ClientURLs...) {
+			if pu, err := url.Parse(u); err != nil || pu.Host == "" || !slices.Contains([]string{"nats", "tls", "ws", "wss"}, pu.Scheme) {
+				errs = append(errs, fmt.Errorf("region %q: URL %q must be nats://, tls://, ws:// or wss:// with a host", r.Name, u))
+			}
+		}
+		for _, n := range r.Nodes {
+			if pu, err := url.Parse(n.URL); n.Name == "" || err != nil || pu.Host == "" {
+				errs = append(errs, fmt.Errorf("region %q: hub node %q needs a name and a nats:// or tls:// URL", r.Name, n.Name))
+			}
+		}
+		if r.CAFile != "" {
+			b, err := os.ReadFile(r.CAFile)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("region %q: ca_file: %v", r.Name, err))
+			} else if !bytes.Contains(b, []byte("-----BEGIN CERTIFICATE-----")) {
+				errs = append(errs, fmt.Errorf("region %q: ca_file %s holds no PEM certificate", r.Name, r.CAFile))
+			}
+			r.caBundle = string(b)
+		}
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("invalid configuration: %w", err)
 	}
@@ -256,7 +336,8 @@ func (c *Config) Validate() error {
 func (c *Config) domainRegions() []controlplane.Region {
 	out := make([]controlplane.Region, len(c.Regions))
 	for i, r := range c.Regions {
-		out[i] = controlplane.Region{Name: r.Name, DisplayName: r.DisplayName}
+		out[i] = controlplane.Region{Name: r.Name, DisplayName: r.DisplayName,
+			LeafURLs: r.LeafURLs, ClientURLs: r.ClientURLs, CABundle: r.caBundle}
 		if out[i].DisplayName == "" {
 			out[i].DisplayName = r.Name
 		}
@@ -297,6 +378,14 @@ func parseLevel(s string) (slog.Level, error) {
 		return 0, fmt.Errorf("log_level must be debug, info, warn or error, got %q", s)
 	}
 	return l, nil
+}
+
+// redactSecret shows whether a secret is set, never its value.
+func redactSecret(s string) string {
+	if s == "" {
+		return ""
+	}
+	return "(set)"
 }
 
 // redactURL hides the password of a URL for display.

@@ -10,11 +10,112 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
+	"github.com/nats-io/nats-server/v2/server"
+
 	"github.com/fleetplane/fleetplane/controlplane"
+	"github.com/fleetplane/fleetplane/controlplane/natsissuer"
+	"github.com/fleetplane/fleetplane/controlplane/postgres"
+	"github.com/fleetplane/fleetplane/internal/hubnode"
 	"github.com/fleetplane/fleetplane/internal/pgserver"
+	"github.com/fleetplane/fleetplane/internal/seal"
 )
+
+// devMasterKey reads the dev master key from path, creating it (0600) on
+// first use. Production deployments provide FLEETPLANE_MASTER_KEY(_FILE).
+func devMasterKey(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		return strings.TrimSpace(string(b)), nil
+	}
+	if !os.IsNotExist(err) {
+		return "", fmt.Errorf("dev master key: %w", err)
+	}
+	key := "dev:" + seal.GenerateKey()
+	if err := os.WriteFile(path, []byte(key+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("dev master key: %w", err)
+	}
+	return key, nil
+}
+
+// devOperator returns the installation's operator, creating it on first run.
+func devOperator(ctx context.Context, cfg *Config, logger *slog.Logger) (*controlplane.Operator, error) {
+	keys, err := loadKeyring(cfg)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := postgres.Open(ctx, cfg.DatabaseURL, 2)
+	if err != nil {
+		return nil, err
+	}
+	defer pool.Close()
+	store := postgres.NewStore(pool)
+	op, err := store.FindOperator(ctx)
+	if controlplane.ErrorCode(err) == controlplane.ENOTFOUND {
+		if op, err = initOperator(ctx, store, keys, "fleetplane-dev"); err == nil {
+			logger.Info("NATS operator created", "operator", op.PublicKey)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("NATS operator: %w", err)
+	}
+	return op, nil
+}
+
+// startDevHub runs one embedded hub node (operator mode, full resolver,
+// JetStream) with its state under dir. Plain (non-TLS) listeners: dev binds
+// loopback; the hubs issue brings a dev CA.
+func startDevHub(dir, clientAddr, leafAddr string, op *controlplane.Operator, logger *slog.Logger) (*server.Server, error) {
+	ch, cp, err := splitAddr(clientAddr)
+	if err != nil {
+		return nil, fmt.Errorf("--hub-client-addr: %w", err)
+	}
+	lh, lp, err := splitAddr(leafAddr)
+	if err != nil {
+		return nil, fmt.Errorf("--hub-leaf-addr: %w", err)
+	}
+	s, err := hubnode.Start(hubnode.Config{Name: "hub-local-1", Region: "local", Dir: dir,
+		ClientHost: ch, ClientPort: cp, LeafHost: lh, LeafPort: lp, Trust: natsissuer.HubTrust(op)})
+	if err != nil {
+		return nil, fmt.Errorf("embedded hub: %w (is a nats-server already listening? use --hub-client-addr/--hub-leaf-addr)", err)
+	}
+	logger.Info("embedded hub running", "name", s.Name(), "dir", dir)
+	return s, nil
+}
+
+// splitAddr splits host:port; port 0 means any free port (nats-server's -1).
+func splitAddr(addr string) (string, int, error) {
+	h, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
+	}
+	n, err := strconv.Atoi(p)
+	if err != nil || n < 0 || n > 65535 {
+		return "", 0, fmt.Errorf("bad port %q", p)
+	}
+	if n == 0 {
+		n = server.RANDOM_PORT
+	}
+	return h, n, nil
+}
+
+// hubURLs returns the client and leafnode URLs a running hub listens on.
+func hubURLs(s *server.Server) (client, leaf string, err error) {
+	v, err := s.Varz(nil)
+	if err != nil {
+		return "", "", err
+	}
+	host := func(h string) string {
+		if h == "" || h == "0.0.0.0" || h == "::" {
+			return "127.0.0.1"
+		}
+		return h
+	}
+	return fmt.Sprintf("nats://%s", net.JoinHostPort(host(v.Host), strconv.Itoa(v.Port))),
+		fmt.Sprintf("nats://%s", net.JoinHostPort(host(v.LeafNode.Host), strconv.Itoa(v.LeafNode.Port))), nil
+}
 
 const (
 	demoOrg   = "Demo Fleet Co"
@@ -27,7 +128,9 @@ const (
 func runDev(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("fleetplane dev", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	stateDir := fs.String("state-dir", ".fleetplane", "where dev keeps its Postgres data and dev.env")
+	stateDir := fs.String("state-dir", ".fleetplane", "where dev keeps its Postgres data, hub state, master key and dev.env")
+	hubClientAddr := fs.String("hub-client-addr", "127.0.0.1:4222", "the embedded hub's client listener (nats CLI, grants)")
+	hubLeafAddr := fs.String("hub-leaf-addr", "127.0.0.1:7422", "the embedded hub's leafnode listener (vehicles)")
 	cfg := defaultConfig()
 	cfg.HTTPAddr = "127.0.0.1:8080"
 	cfg.LogFormat = "text"
@@ -60,7 +163,35 @@ func runDev(ctx context.Context, args []string, getenv func(string) string, stdo
 		}
 		cfg.DatabaseURL = pg.URL("fleetplane")
 	}
-	cfg.MigrateOnStart = true
+	if err := postgres.MigrateUp(cfg.DatabaseURL); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	if cfg.MasterKey == "" {
+		var err error
+		if cfg.MasterKey, err = devMasterKey(filepath.Join(*stateDir, "master.key")); err != nil {
+			return err
+		}
+	}
+	op, err := devOperator(ctx, &cfg, logger)
+	if err != nil {
+		return err
+	}
+	hub, err := startDevHub(filepath.Join(*stateDir, "hub"), *hubClientAddr, *hubLeafAddr, op, logger)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		logger.Info("stopping the embedded hub")
+		hub.Shutdown()
+		hub.WaitForShutdown()
+	}()
+	clientURL, leafURL, err := hubURLs(hub)
+	if err != nil {
+		return err
+	}
+	cfg.Regions[0].ClientURLs = []string{clientURL}
+	cfg.Regions[0].LeafURLs = []string{leafURL}
+	cfg.Regions[0].Nodes = []HubNodeConf{{Name: hub.Name(), URL: clientURL}}
 
 	a, err := newApp(ctx, cfg, logger)
 	if err != nil {
@@ -91,13 +222,14 @@ Fleetplane is running.
   Portal / API   %s
   API key        %s
   Saved to       %s   (source it: set -a; . %s; set +a)
+  Hub            %s (clients, nats CLI)   %s (vehicles, leafnodes)
 
 Try it:
   curl -s -H "Authorization: Bearer $FLEETPLANE_API_KEY" $FLEETPLANE_URL/v1/fleets
   curl -s $FLEETPLANE_URL/v1/openapi.json | head
 
 Ctrl-C stops everything, including the local Postgres.
-`, url, key, envPath, envPath)
+`, url, key, envPath, envPath, clientURL, leafURL)
 	return a.Serve(ctx, ln)
 }
 

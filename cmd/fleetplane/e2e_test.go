@@ -182,8 +182,8 @@ func (c *client) do(method, path string, body any, wantStatus int) map[string]an
 // TestEndToEnd drives the real binary entry point: serve on a :0 port, then
 // signup → API key → fleet → vehicles over HTTP.
 func TestEndToEnd(t *testing.T) {
-	dbURL := pgtest.NewURL(t)
-	base, _, stop := startRun(t, map[string]string{"FLEETPLANE_DATABASE_URL": dbURL},
+	env := operatorEnv(t, "FLEETPLANE_DATABASE_URL", pgtest.NewURL(t))
+	base, _, stop := startRun(t, env,
 		"serve", "--http-addr", "127.0.0.1:0", "--log-level", "debug")
 
 	anon := &client{t: t, base: base}
@@ -266,7 +266,7 @@ func TestEndToEnd(t *testing.T) {
 
 func TestMigrateAndAdmin(t *testing.T) {
 	dbURL := pgtest.NewURL(t)
-	env := map[string]string{"DATABASE_URL": dbURL}
+	env := operatorEnv(t, "DATABASE_URL", dbURL)
 	var out, errb bytes.Buffer
 	ctx := context.Background()
 	if err := run(ctx, []string{"migrate", "version"}, mapEnv(env), &out, &errb); err != nil {
@@ -282,7 +282,7 @@ func TestMigrateAndAdmin(t *testing.T) {
 	}
 	out.Reset()
 	err := run(ctx, []string{"admin", "tenant", "create", "--name", "Beta Ops", "--email", "Owner@Beta.example", "--plan", "scale", "--json"},
-		mapEnv(map[string]string{"FLEETPLANE_DATABASE_URL_FILE": secretFile}), &out, &errb)
+		mapEnv(map[string]string{"FLEETPLANE_DATABASE_URL_FILE": secretFile, "FLEETPLANE_MASTER_KEY": env["FLEETPLANE_MASTER_KEY"]}), &out, &errb)
 	if err != nil {
 		t.Fatalf("admin tenant create: %v\n%s", err, errb.String())
 	}
@@ -319,7 +319,7 @@ func TestDev(t *testing.T) {
 	dbURL := pgtest.NewURL(t)
 	state := t.TempDir()
 	env := map[string]string{"DATABASE_URL": dbURL}
-	base, stdout, stop := startRun(t, env, "dev", "--http-addr", "127.0.0.1:0", "--state-dir", state)
+	base, stdout, stop := startRun(t, env, devArgs(state)...)
 	envFile := readDevEnv(filepath.Join(state, "dev.env"))
 	key := envFile["FLEETPLANE_API_KEY"]
 	if envFile["FLEETPLANE_URL"] != base || !strings.HasPrefix(key, "fpk_") {
@@ -338,7 +338,7 @@ func TestDev(t *testing.T) {
 		t.Fatalf("dev.env mode: %v %v", st, err)
 	}
 
-	base2, _, stop2 := startRun(t, env, "dev", "--http-addr", "127.0.0.1:0", "--state-dir", state)
+	base2, _, stop2 := startRun(t, env, devArgs(state)...)
 	if got := readDevEnv(filepath.Join(state, "dev.env"))["FLEETPLANE_API_KEY"]; got != key {
 		t.Errorf("second dev run issued a new key although the old one works")
 	}
@@ -349,7 +349,7 @@ func TestDev(t *testing.T) {
 
 	// dev.env lost, database kept: dev issues a fresh key for the demo tenant.
 	os.Remove(filepath.Join(state, "dev.env"))
-	base3, _, _ := startRun(t, env, "dev", "--http-addr", "127.0.0.1:0", "--state-dir", state)
+	base3, _, _ := startRun(t, env, devArgs(state)...)
 	key3 := readDevEnv(filepath.Join(state, "dev.env"))["FLEETPLANE_API_KEY"]
 	if key3 == "" || key3 == key {
 		t.Fatalf("third dev run: key %q", key3)
@@ -368,7 +368,7 @@ func TestDevLocalPostgres(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	base, _, stop := startRun(t, map[string]string{}, "dev", "--http-addr", "127.0.0.1:0", "--state-dir", state)
+	base, _, stop := startRun(t, map[string]string{}, devArgs(state)...)
 	key := readDevEnv(filepath.Join(state, "dev.env"))["FLEETPLANE_API_KEY"]
 	(&client{t: t, base: base, key: key}).do("GET", "/v1/fleets/demo", nil, 200)
 	if err := stop(); err != nil {
@@ -380,3 +380,32 @@ func TestDevLocalPostgres(t *testing.T) {
 }
 
 func mapEnv(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+// devArgs runs dev on free ports: tests run in parallel with each other
+// (and maybe beside a developer's `make run`).
+func devArgs(state string) []string {
+	return []string{"dev", "--http-addr", "127.0.0.1:0", "--state-dir", state,
+		"--hub-client-addr", "127.0.0.1:0", "--hub-leaf-addr", "127.0.0.1:0"}
+}
+
+// operatorEnv returns an environment with the database URL under dbVar and
+// a fresh master key, and creates the NATS operator with
+// `fleetplane admin operator init`.
+func operatorEnv(t *testing.T, dbVar, dbURL string) map[string]string {
+	t.Helper()
+	var out bytes.Buffer
+	run(context.Background(), []string{"admin", "master-key", "generate"}, mapEnv(nil), &out, io.Discard)
+	env := map[string]string{dbVar: dbURL, "FLEETPLANE_MASTER_KEY": strings.TrimSpace(out.String())}
+	if err := run(context.Background(), []string{"migrate", "up"}, mapEnv(env), io.Discard, io.Discard); err != nil {
+		t.Fatalf("migrate up: %v", err)
+	}
+	var errb bytes.Buffer
+	out.Reset()
+	if err := run(context.Background(), []string{"admin", "operator", "init"}, mapEnv(env), &out, &errb); err != nil {
+		t.Fatalf("admin operator init: %v\n%s", err, errb.String())
+	}
+	if !strings.Contains(out.String(), "operator fleetplane created: O") {
+		t.Fatalf("admin operator init printed %q", out.String())
+	}
+	return env
+}

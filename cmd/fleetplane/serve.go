@@ -17,6 +17,9 @@ import (
 
 	"github.com/fleetplane/fleetplane/controlplane"
 	"github.com/fleetplane/fleetplane/controlplane/api"
+	"github.com/fleetplane/fleetplane/controlplane/hubs"
+	"github.com/fleetplane/fleetplane/controlplane/jobs"
+	"github.com/fleetplane/fleetplane/controlplane/natsissuer"
 	"github.com/fleetplane/fleetplane/controlplane/postgres"
 )
 
@@ -50,6 +53,9 @@ type app struct {
 	logger   *slog.Logger
 	pool     *pgxpool.Pool
 	svc      *controlplane.Service
+	issuer   *natsissuer.Issuer
+	hubs     *hubs.Hubs // nil when no hub nodes are configured
+	jobs     *jobs.Jobs
 	handler  http.Handler
 	registry *prometheus.Registry
 }
@@ -65,26 +71,86 @@ func newApp(ctx context.Context, cfg Config, logger *slog.Logger) (*app, error) 
 	if err != nil {
 		return nil, fmt.Errorf("database %s: %w", redactURL(cfg.DatabaseURL), err)
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		postgres.NewPoolCollector(pool),
-	)
-	svc := controlplane.NewService(postgres.NewStore(pool), controlplane.Config{
-		Regions: cfg.domainRegions(),
-	}, logger)
-	h := api.New(svc, api.Options{
-		Logger:              logger,
-		Registerer:          reg,
-		Gatherer:            reg,
-		SignupRatePerMinute: cfg.SignupRatePerMinute,
-		TrustProxyHeaders:   cfg.TrustProxyHeaders,
-	})
-	return &app{cfg: cfg, logger: logger, pool: pool, svc: svc, handler: h, registry: reg}, nil
+	a := &app{cfg: cfg, logger: logger, pool: pool}
+	if err := a.wire(ctx); err != nil {
+		a.Close()
+		return nil, err
+	}
+	return a, nil
 }
 
-func (a *app) Close() { a.pool.Close() }
+// wire builds the adapters over the open pool.
+func (a *app) wire(ctx context.Context) error {
+	cfg := a.cfg
+	keys, err := loadKeyring(&cfg)
+	if err != nil {
+		return err
+	}
+	store := postgres.NewStore(a.pool)
+	op, err := store.FindOperator(ctx)
+	if controlplane.ErrorCode(err) == controlplane.ENOTFOUND {
+		return errors.New("no NATS operator yet: run `fleetplane admin operator init` once")
+	} else if err != nil {
+		return fmt.Errorf("loading the NATS operator: %w", err)
+	}
+	if a.issuer, err = natsissuer.New(keys, op); err != nil {
+		return err
+	}
+	a.registry = prometheus.NewRegistry()
+	a.registry.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		postgres.NewPoolCollector(a.pool),
+	)
+	var hubNodes []hubs.Node
+	for _, r := range cfg.Regions {
+		for _, n := range r.Nodes {
+			hubNodes = append(hubNodes, hubs.Node{Name: n.Name, URL: n.URL})
+		}
+	}
+	scfg := controlplane.Config{
+		Regions:              cfg.domainRegions(),
+		Issuer:               a.issuer,
+		VehicleCredentialTTL: cfg.VehicleCredentialTTL,
+		MaxGrantTTL:          cfg.MaxGrantTTL,
+		PublicURL:            cfg.PublicURL,
+	}
+	if len(hubNodes) > 0 {
+		// The control plane's system user lives a day and is minted
+		// afresh on every (re)connect: no system user seed is stored.
+		if a.hubs, err = hubs.New(hubNodes, a.issuer.SystemUserCreds(24*time.Hour), hubs.Options{Logger: a.logger}); err != nil {
+			return err
+		}
+		a.registry.MustRegister(a.hubs)
+		scfg.Hubs = a.hubs
+	} else {
+		a.logger.Warn("no hub nodes configured: account JWTs are not pushed anywhere")
+	}
+	a.svc = controlplane.NewService(store, scfg, a.logger)
+	if a.jobs, err = jobs.New(a.pool, a.svc, a.logger, jobs.Options{Workers: cfg.JobWorkers}); err != nil {
+		return err
+	}
+	a.handler = api.New(a.svc, api.Options{
+		Logger:              a.logger,
+		Registerer:          a.registry,
+		Gatherer:            a.registry,
+		SignupRatePerMinute: cfg.SignupRatePerMinute,
+		EnrollRatePerMinute: cfg.EnrollRatePerMinute,
+		TrustProxyHeaders:   cfg.TrustProxyHeaders,
+		PublicURL:           cfg.PublicURL,
+	})
+	return nil
+}
+
+func (a *app) Close() {
+	if a.hubs != nil {
+		a.hubs.Close()
+	}
+	if a.issuer != nil {
+		a.issuer.Wipe()
+	}
+	a.pool.Close()
+}
 
 // Serve serves HTTP on ln until ctx is done, then drains in-flight requests
 // for up to the shutdown timeout.
@@ -99,6 +165,16 @@ func (a *app) Serve(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(a.logger.Handler(), slog.LevelWarn),
 	}
 	go a.pruneIdempotencyKeys(ctx)
+	if err := a.jobs.Start(ctx); err != nil {
+		return fmt.Errorf("job workers: %w", err)
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
+		defer cancel()
+		if err := a.jobs.Stop(sctx); err != nil {
+			a.logger.Warn("stopping job workers", "err", err)
+		}
+	}()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	a.logger.Info("http server listening", "addr", ln.Addr().String())
@@ -120,7 +196,8 @@ func (a *app) Serve(ctx context.Context, ln net.Listener) error {
 	return nil
 }
 
-// pruneIdempotencyKeys forgets old Idempotency-Keys hourly. Every replica
+// pruneIdempotencyKeys forgets old Idempotency-Keys and expired agent
+// nonces hourly. Every replica
 // runs it; the DELETE is idempotent, so that is harmless.
 func (a *app) pruneIdempotencyKeys(ctx context.Context) {
 	t := time.NewTicker(time.Hour)
@@ -131,6 +208,11 @@ func (a *app) pruneIdempotencyKeys(ctx context.Context) {
 			a.logger.Warn("pruning idempotency keys failed", "err", err)
 		} else if n > 0 {
 			a.logger.Info("pruned idempotency keys", "count", n)
+		}
+		if n, err := a.svc.PruneAgentNonces(ctx); err != nil && ctx.Err() == nil {
+			a.logger.Warn("pruning agent nonces failed", "err", err)
+		} else if n > 0 {
+			a.logger.Info("pruned expired agent nonces", "count", n)
 		}
 		select {
 		case <-ctx.Done():
