@@ -39,3 +39,6 @@ const (
 	MaxLabels         = 32
 	MaxLabelValueLen  = 256
 )
+
+// vehicleIDRule is the validation message for a vehicle ID.
+const vehicleIDRule = "must be 1-64 characters of A-Z, a-z, 0-9, '_' and '-' (it becomes a NATS subject token)"

@@ -404,7 +404,7 @@ func (s *Service) CreateEnrollmentToken(ctx context.Context, fleetSlug string, i
 	}
 	if in.VehicleID != "" {
 		if !ValidVehicleID(in.VehicleID) {
-			v.Add("vehicle_id", "must be 1-64 characters of A-Z, a-z, 0-9, '_' and '-' (it becomes a NATS subject token)")
+			v.Add("vehicle_id", vehicleIDRule)
 		} else if in.MaxUses != 1 {
 			v.Add("max_uses", "must be 1 for a token bound to one vehicle_id")
 		}
@@ -560,7 +560,7 @@ func (s *Service) Enroll(ctx context.Context, in EnrollRequest) (*VehicleCredent
 		v.Add("public_key", "%v", err)
 	}
 	if in.VehicleID != "" && !ValidVehicleID(in.VehicleID) {
-		v.Add("vehicle_id", "must be 1-64 characters of A-Z, a-z, 0-9, '_' and '-' (it becomes a NATS subject token)")
+		v.Add("vehicle_id", vehicleIDRule)
 	}
 	validateAgentField(&v, "hostname", in.Hostname, 253)
 	validateAgentField(&v, "arch", in.Arch, 32)

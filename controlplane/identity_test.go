@@ -571,3 +571,97 @@ func TestSeedsEncryptedAtRest(t *testing.T) {
 		t.Fatalf("%d rows with sealed keys; the schema changed under this test", sealedRows)
 	}
 }
+
+// TestTenantIsolationThroughIssuedCredentials: credentials the Service
+// issued for tenant A (a vehicle leaf and a wide grant) neither see nor
+// reach tenant B's traffic or JetStream API on a shared hub, and B's
+// traffic flows to B's own grant meanwhile (so silence is not an accident).
+func TestTenantIsolationThroughIssuedCredentials(t *testing.T) {
+	t.Parallel()
+	e := newIdentityEnv(t)
+	type side struct {
+		local, grant *nats.Conn
+		grantSub     *nats.Subscription
+	}
+	mk := func(org, vid string) side {
+		ctx := e.tenant(t, org)
+		k := newVehicleKey(t)
+		leaf := e.runLeaf(t, e.enroll(t, e.token(t, ctx, 1), k, vid), k)
+		exp := time.Now().Add(time.Hour)
+		g, err := e.svc.CreateGrant(ctx, controlplane.GrantCreate{ExpiresAt: &exp,
+			Scopes: []controlplane.GrantScopeSpec{
+				{Fleet: "drones", Categories: []controlplane.GrantCategory{natsauth.CategoryState, natsauth.CategoryEvents}},
+				{Fleet: "drones", VehicleIDs: []string{vid}, Categories: []controlplane.GrantCategory{natsauth.CategoryCommands}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		gc, err := nats.Connect(e.hub.ClientURL(), nats.UserJWTAndSeed(g.JWT, credsSeed(t, g.Creds)), nats.NoReconnect(),
+			nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(gc.Close)
+		sub, err := gc.SubscribeSync("fleet.prod.veh.*.state.>")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = gc.Flush()
+		local, err := nats.Connect(leaf.ClientURL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(local.Close)
+		return side{local: local, grant: gc, grantSub: sub}
+	}
+	a := mk("Alpha", "A1")
+	b := mk("Bravo", "B1")
+	natstest.WaitLeafCount(t, e.hub, 2, 5*time.Second)
+
+	// B's vehicle reaches B's grant (the channel works)...
+	bCmd, _ := b.local.SubscribeSync("fleet.prod.veh.B1.cmd.>")
+	_ = b.local.Flush()
+	waitDelivered := func(pub *nats.Conn, subj string, sub *nats.Subscription) {
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			_ = pub.Publish(subj, []byte("marker"))
+			if _, err := sub.NextMsg(100 * time.Millisecond); err == nil {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s never arrived", subj)
+			}
+		}
+	}
+	waitDelivered(b.local, "fleet.prod.veh.B1.state.position", b.grantSub)
+	waitDelivered(b.grant, "fleet.prod.veh.B1.cmd.land", bCmd)
+
+	// ...while A's vehicle and A's grant, aiming at B's subjects, reach nothing of B's.
+	for range 20 {
+		_ = a.local.Publish("fleet.prod.veh.B1.state.position", []byte("spoof"))
+		_ = a.grant.Publish("fleet.prod.veh.B1.cmd.land", []byte("spoof"))
+		_ = b.local.Publish("fleet.prod.veh.B1.state.position", []byte("b-only"))
+	}
+	_ = a.local.Flush()
+	_ = a.grant.Flush()
+	_ = b.local.Flush()
+	time.Sleep(300 * time.Millisecond)
+	if m, err := a.grantSub.NextMsg(50 * time.Millisecond); err == nil {
+		t.Fatalf("A's grant received %s %q from tenant B", m.Subject, m.Data)
+	}
+	for {
+		m, err := b.grantSub.NextMsg(50 * time.Millisecond)
+		if err != nil {
+			break
+		}
+		if string(m.Data) == "spoof" {
+			t.Fatal("A's vehicle published into tenant B")
+		}
+	}
+	if m, err := bCmd.NextMsg(50 * time.Millisecond); err == nil {
+		t.Fatalf("B's vehicle received a command %q from A's grant", m.Data)
+	}
+	// No JetStream API for a grant, in its own account or any other.
+	if _, err := a.grant.Request("$JS.API.INFO", nil, 500*time.Millisecond); err == nil {
+		t.Fatal("A's grant reached a JetStream API")
+	}
+}

@@ -534,7 +534,7 @@ func (s *Service) CreateVehicle(ctx context.Context, fleetSlug string, in Vehicl
 	}
 	var v ValidationError
 	if !ValidVehicleID(in.VehicleID) {
-		v.Add("vehicle_id", "must be 1-64 characters of A-Z, a-z, 0-9, '_' and '-' (it becomes a NATS subject token)")
+		v.Add("vehicle_id", vehicleIDRule)
 	}
 	in.Name = strings.TrimSpace(in.Name)
 	if in.Name == "" {
