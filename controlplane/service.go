@@ -30,6 +30,11 @@ type Config struct {
 	// (pushes succeed with zero nodes: tests of the API alone).
 	Issuer Issuer
 	Hubs   Hubs
+	// Presence delivers vehicle connect/disconnect events (nil = none).
+	Presence PresenceSource
+	// Telemetry serves digital-twin reads, live updates and commands
+	// (nil = not configured: those endpoints answer 503).
+	Telemetry Telemetry
 	// Plans maps a plan name to its broker limits; missing plans use
 	// DefaultPlanLimits.
 	Plans map[string]AccountLimits

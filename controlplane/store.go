@@ -119,6 +119,10 @@ type Store interface {
 	// FindLatestRevocation returns the newest revocation of a target.
 	FindLatestRevocation(ctx context.Context, tenantID, kind, targetID string) (*Revocation, error)
 
+	RegionStore    // region.go
+	PresenceStore  // presence.go
+	TelemetryStore // telemetry.go
+
 	// BeginIdempotent claims (scope, key) for a request whose body hashes to
 	// requestHash. It returns the stored response when the key was used
 	// before with the same hash and completed; EUNPROCESSABLE when it was

@@ -12,6 +12,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"time"
@@ -32,6 +33,12 @@ type Config struct {
 	LeafHost   string
 	LeafPort   int         // -1 = random
 	LeafTLS    *tls.Config // nil = plain (loopback dev only)
+	// ClusterHost/ClusterPort is the route listener (ClusterPort 0 = no
+	// cluster, -1 = random); Routes are the other nodes' route URLs
+	// (nats-route://host:port). The cluster name is the region.
+	ClusterHost string
+	ClusterPort int
+	Routes      []string
 	Trust      natsauth.HubTrust
 	// SyncInterval is how often JetStream fsyncs. The server's 2-minute
 	// default can lose acknowledged writes on power loss; hubs default to
@@ -102,6 +109,16 @@ func Options(c Config) (*server.Options, error) {
 	}
 	if c.LeafTLS != nil {
 		o.LeafNode.TLSTimeout = 5
+	}
+	if c.ClusterPort != 0 {
+		o.Cluster = server.ClusterOpts{Name: c.Region, Host: c.ClusterHost, Port: c.ClusterPort}
+		for _, r := range c.Routes {
+			u, err := url.Parse(r)
+			if err != nil {
+				return nil, fmt.Errorf("hubnode: route %q: %w", r, err)
+			}
+			o.Routes = append(o.Routes, u)
+		}
 	}
 	return o, nil
 }
