@@ -18,6 +18,7 @@ const (
 	ETOOLARGE        = "too_large"        // the request body is too large
 	ERATELIMIT       = "rate_limited"     // too many requests
 	EUNAVAILABLE     = "unavailable"      // a dependency is down
+	ETIMEOUT         = "timeout"          // a vehicle did not answer (offline, or not in time)
 	EINTERNAL        = "internal"         // a bug or an unexpected failure; details are logged, never shown
 )
 

@@ -87,6 +87,13 @@ type Hubs interface {
 	// UserConnections counts, on every node, the open connections (client
 	// and leaf) of userPub in account accountPub.
 	UserConnections(ctx context.Context, accountPub, userPub string) ([]NodeConnections, error)
+	// AccountJWTs asks the hub nodes which JWT of each account (public
+	// keys) their resolvers hold (reconcile.go, HubJWTs). err is for a
+	// lookup that could not be attempted at all.
+	AccountJWTs(ctx context.Context, accountPubs []string) (*HubJWTs, error)
+	// NodeHealth reports every configured node's connection as this
+	// process sees it, without a round trip (for /readyz).
+	NodeHealth() []HubNodeStatus
 }
 
 // HubPush is the outcome of one account push.

@@ -180,6 +180,10 @@ func (s *Service) pushAfterCommit(ctx context.Context, tenantID string) {
 	defer cancel()
 	if _, _, err := s.pushAccount(ctx, tenantID, false); err != nil {
 		s.logger.WarnContext(ctx, "account push failed; the push job will retry", "tenant", tenantID, "err", err)
+		return
+	}
+	if err := s.provisionTenant(ctx, tenantID); err != nil {
+		s.logger.WarnContext(ctx, "provisioning the tenant's history failed; the push job will retry", "tenant", tenantID, "err", err)
 	}
 }
 
@@ -188,8 +192,12 @@ func (s *Service) pushAfterCommit(ctx context.Context, tenantID string) {
 // makes the job retry with backoff.
 func (s *Service) RunAccountPush(ctx context.Context, job AccountPushJob) error {
 	if job.RevocationID == 0 {
-		_, _, err := s.pushAccount(ctx, job.TenantID, false)
-		return err
+		if _, _, err := s.pushAccount(ctx, job.TenantID, false); err != nil {
+			return err
+		}
+		// Once the account is on the hubs: its history streams
+		// (telemetry_service.go; a no-op when they are up to date).
+		return s.provisionTenant(ctx, job.TenantID)
 	}
 	r, err := s.store.FindRevocation(ctx, job.TenantID, job.RevocationID)
 	if ErrorCode(err) == ENOTFOUND {

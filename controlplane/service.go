@@ -32,6 +32,9 @@ type Config struct {
 	Hubs   Hubs
 	// Presence delivers vehicle connect/disconnect events (nil = none).
 	Presence PresenceSource
+	// PresenceInterval is how often RunPresence reconciles presence with
+	// the hubs' listings (default DefaultPresenceInterval).
+	PresenceInterval time.Duration
 	// Telemetry serves digital-twin reads, live updates and commands
 	// (nil = not configured: those endpoints answer 503).
 	Telemetry Telemetry
@@ -413,12 +416,21 @@ func (s *Service) CreateFleet(ctx context.Context, in FleetCreate) (*Fleet, erro
 			}
 			return err
 		}
-		return s.audit(ctx, tx, p, "fleet.create", "fleet", f.Slug,
-			map[string]any{"name": f.Name, "environment": f.Environment, "region": f.Region})
+		if err := s.audit(ctx, tx, p, "fleet.create", "fleet", f.Slug,
+			map[string]any{"name": f.Name, "environment": f.Environment, "region": f.Region}); err != nil {
+			return err
+		}
+		if s.cfg.Telemetry != nil {
+			// The tenant's history stream in the fleet's region
+			// (provisionTenant); the push job is the safety net.
+			return tx.EnqueueAccountPush(ctx, AccountPushJob{TenantID: p.TenantID}, s.now().Add(pushJobDelay))
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
+	s.provisionAfterCommit(ctx, p.TenantID)
 	return f, nil
 }
 
@@ -529,6 +541,7 @@ type VehicleQuery struct {
 	Status          string
 	VehicleIDPrefix string
 	Label           string // "key=value"
+	Online          *bool
 }
 
 // CreateVehicle pre-registers a vehicle in a fleet.
@@ -640,6 +653,7 @@ func (s *Service) Vehicles(ctx context.Context, fleetSlug string, q VehicleQuery
 		}
 		filter.Label = &LabelSelector{Key: k, Value: val}
 	}
+	filter.Online = q.Online
 	if err := v.Err(); err != nil {
 		return nil, err
 	}

@@ -74,18 +74,6 @@ type Membership struct {
 	CreatedAt time.Time
 }
 
-// Region is a hub region fleets can live in. Regions come from configuration.
-type Region struct {
-	Name        string
-	DisplayName string
-	// LeafURLs are the hub leafnode URLs vehicles connect to (tls://...).
-	LeafURLs []string
-	// ClientURLs are the hub client URLs grants and the nats CLI use.
-	ClientURLs []string
-	// CABundle is the PEM CA bundle that verifies the hubs ("" = system roots).
-	CABundle string
-}
-
 // SignupRequest is what a new organisation sends to sign up.
 type SignupRequest struct {
 	Organisation string

@@ -35,7 +35,16 @@ type Vehicle struct {
 	CreatedAt  time.Time
 	UpdatedAt  time.Time
 	EnrolledAt *time.Time
+	// LastSeenAt is when the vehicle was last known connected: when its
+	// current link opened while it is online, when the link closed (or was
+	// found gone) once it is offline.
 	LastSeenAt *time.Time
+
+	// Presence (presence.go): whether a leaf link is open, the hub node of
+	// the current or last link, and why the last link closed.
+	Online               bool
+	HubNode              string
+	LastDisconnectReason string
 
 	// Credentials: the user key the vehicle enrolled with (its seed never
 	// leaves the vehicle) and when its current JWT expires.
@@ -71,6 +80,7 @@ type VehicleFilter struct {
 	Status          *VehicleStatus
 	VehicleIDPrefix *string
 	Label           *LabelSelector
+	Online          *bool
 	After           string // vehicle ID of the last item of the previous page (vehicles sort by vehicle ID)
 	Limit           int
 }

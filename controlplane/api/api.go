@@ -47,6 +47,9 @@ type Options struct {
 	// one-liner of new enrollment tokens (e.g. https://fleetplane.example.com);
 	// "" = the scheme and host the request came to.
 	PublicURL string
+	// LiveHeartbeat is the interval of the comment lines that keep a
+	// GET /v1/fleets/{fleet}/live stream open through proxies; default 15 s.
+	LiveHeartbeat time.Duration
 }
 
 // Defaults for Options.
@@ -54,6 +57,7 @@ const (
 	DefaultSignupRatePerMinute       = 10
 	DefaultEnrollRatePerMinute       = 60
 	DefaultMaxBodyBytes        int64 = 1 << 20
+	DefaultLiveHeartbeat             = 15 * time.Second
 )
 
 type server struct {
@@ -78,6 +82,9 @@ func New(svc *controlplane.Service, opts Options) http.Handler {
 	}
 	if opts.MaxBodyBytes <= 0 {
 		opts.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if opts.LiveHeartbeat <= 0 {
+		opts.LiveHeartbeat = DefaultLiveHeartbeat
 	}
 	s := &server{svc: svc, opts: opts, log: opts.Logger, metrics: newMetrics(opts.Registerer), mux: chi.NewRouter()}
 	s.routes()
@@ -130,6 +137,7 @@ func (s *server) routes() {
 		r.Delete("/v1/fleets/{fleet}/vehicles/{vehicle}", s.handle(s.deleteVehicle))
 		r.With(s.idempotent(nil)).Post("/v1/fleets/{fleet}/vehicles/{vehicle}/credentials", s.handle(s.issueVehicleCredentials))
 		r.With(s.idempotent(nil)).Post("/v1/fleets/{fleet}/vehicles/{vehicle}/revoke", s.handle(s.revokeVehicle))
+		s.twinRoutes(r) // twin.go
 
 		r.Get("/v1/fleets/{fleet}/enrollment-tokens", s.handle(s.listEnrollmentTokens))
 		r.With(s.idempotent(enrollmentTokenNote)).Post("/v1/fleets/{fleet}/enrollment-tokens", s.handle(s.createEnrollmentToken))

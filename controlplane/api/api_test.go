@@ -402,6 +402,8 @@ func TestVehicles(t *testing.T) {
 		{"vehicle_id_prefix=Drone", "Drone_01"},
 		{"vehicle_id_prefix=nope", ""},
 		{"label=missing%3Dx", ""},
+		{"online=true", ""},
+		{"online=false&vehicle_id_prefix=Drone", "Drone_01"},
 	} {
 		items, _ := vehicleIDs(t)(e.do("GET", "/v1/fleets/alpha/vehicles?"+c.query, a.key, nil))
 		if got := strings.Join(items, " "); got != c.want {

@@ -387,6 +387,7 @@ func TestBadInput(t *testing.T) {
 		{"/v1/fleets/alpha/vehicles?vehicle_id_prefix=a.b", "vehicle_id_prefix", "vehicle_id_prefix"},
 		{"/v1/fleets/alpha/vehicles?vehicle_id_prefix=" + strings.Repeat("v", 65), "vehicle_id_prefix", "vehicle_id_prefix"},
 		{"/v1/fleets/alpha/vehicles?label=nokey", "label", "label"},
+		{"/v1/fleets/alpha/vehicles?online=maybe", "online: must be true or false", "online"},
 		{"/v1/fleets/alpha/vehicles?label=%3Dv", "label", "label"},
 		{"/v1/fleets/alpha/vehicles?label=k%3D%00", "label: must be printable UTF-8", "label"},
 		{"/v1/fleets/alpha/vehicles?label=k%3D%FF", "label: must be printable UTF-8", "label"},

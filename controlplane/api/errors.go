@@ -35,6 +35,7 @@ var statusOf = map[string]int{
 	controlplane.ERATELIMIT:       http.StatusTooManyRequests,
 	controlplane.EINTERNAL:        http.StatusInternalServerError,
 	controlplane.EUNAVAILABLE:     http.StatusServiceUnavailable,
+	controlplane.ETIMEOUT:         http.StatusGatewayTimeout,
 }
 
 const problemContentType = "application/problem+json"
@@ -50,7 +51,7 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		status, msg = http.StatusInternalServerError, "internal error"
 	}
 	ri := requestInfoFrom(r.Context())
-	if status >= 500 && status != http.StatusServiceUnavailable {
+	if status >= 500 && status != http.StatusServiceUnavailable && status != http.StatusGatewayTimeout {
 		s.log.ErrorContext(r.Context(), "request failed", "request_id", ri.id, "method", r.Method,
 			"route", routePattern(r), "tenant", ri.tenant, "err", err)
 	}

@@ -18,10 +18,24 @@ func (s *server) health(w http.ResponseWriter, r *http.Request) error {
 func (s *server) ready(w http.ResponseWriter, r *http.Request) error {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
-	if err := s.svc.Ready(ctx); err != nil {
+	h, err := s.svc.Health(ctx)
+	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, Status{Status: StatusStatusOk})
+	out := Readiness{Status: ReadinessStatusOk, Database: ReadinessDatabaseOk,
+		HubNodes: make([]HubNodeHealth, len(h.HubNodes)), AccountsBehind: h.AccountsBehind}
+	if h.Degraded() {
+		out.Status = ReadinessStatusDegraded
+	}
+	for i, n := range h.HubNodes {
+		out.HubNodes[i] = HubNodeHealth{Node: n.Node, Up: n.Up}
+		if n.Error != "" {
+			out.HubNodes[i].Error = &n.Error
+		}
+	}
+	// Probes poll; never serve a cached state.
+	w.Header().Set("Cache-Control", "no-store")
+	return writeJSON(w, http.StatusOK, out)
 }
 
 func (s *server) openAPI(w http.ResponseWriter, r *http.Request) error {
@@ -188,12 +202,16 @@ func fleetPath(slug string) string { return "/v1/fleets/" + url.PathEscape(slug)
 // --- vehicles ---
 
 func (s *server) listVehicles(w http.ResponseWriter, r *http.Request) error {
-	q := newQuery(r, "cursor", "limit", "status", "vehicle_id_prefix", "label")
+	q := newQuery(r, "cursor", "limit", "status", "vehicle_id_prefix", "label", "online")
 	vq := controlplane.VehicleQuery{
 		PageRequest:     q.page(),
 		Status:          q.text("status", 32),
 		VehicleIDPrefix: q.text("vehicle_id_prefix", 64),
 		Label:           q.text("label", 320),
+	}
+	if q.has("online") {
+		online := q.boolean("online")
+		vq.Online = &online
 	}
 	if vq.Status != "" && !VehicleStatus(vq.Status).Valid() {
 		q.v.Add("status", "must be one of pending, active, disabled, revoked")

@@ -36,6 +36,39 @@ func (e ActorType) Valid() bool {
 	}
 }
 
+// Defines values for CommandName.
+const (
+	CommandNameArm     CommandName = "arm"
+	CommandNameDisarm  CommandName = "disarm"
+	CommandNameGoto    CommandName = "goto"
+	CommandNameLand    CommandName = "land"
+	CommandNameRtl     CommandName = "rtl"
+	CommandNameSetMode CommandName = "set_mode"
+	CommandNameTakeoff CommandName = "takeoff"
+)
+
+// Valid indicates whether the value is a known member of the CommandName enum.
+func (e CommandName) Valid() bool {
+	switch e {
+	case CommandNameArm:
+		return true
+	case CommandNameDisarm:
+		return true
+	case CommandNameGoto:
+		return true
+	case CommandNameLand:
+		return true
+	case CommandNameRtl:
+		return true
+	case CommandNameSetMode:
+		return true
+	case CommandNameTakeoff:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for ConnectionType.
 const (
 	ConnectionTypeSTANDARD  ConnectionType = "STANDARD"
@@ -151,6 +184,7 @@ const (
 	ProblemCodeNotFound             ProblemCode = "not_found"
 	ProblemCodePaymentRequired      ProblemCode = "payment_required"
 	ProblemCodeRateLimited          ProblemCode = "rate_limited"
+	ProblemCodeTimeout              ProblemCode = "timeout"
 	ProblemCodeTooLarge             ProblemCode = "too_large"
 	ProblemCodeUnauthorized         ProblemCode = "unauthorized"
 	ProblemCodeUnavailable          ProblemCode = "unavailable"
@@ -177,6 +211,8 @@ func (e ProblemCode) Valid() bool {
 		return true
 	case ProblemCodeRateLimited:
 		return true
+	case ProblemCodeTimeout:
+		return true
 	case ProblemCodeTooLarge:
 		return true
 	case ProblemCodeUnauthorized:
@@ -186,6 +222,39 @@ func (e ProblemCode) Valid() bool {
 	case ProblemCodeUnprocessable:
 		return true
 	case ProblemCodeUnsupportedMediaType:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ReadinessDatabase.
+const (
+	ReadinessDatabaseOk ReadinessDatabase = "ok"
+)
+
+// Valid indicates whether the value is a known member of the ReadinessDatabase enum.
+func (e ReadinessDatabase) Valid() bool {
+	switch e {
+	case ReadinessDatabaseOk:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ReadinessStatus.
+const (
+	ReadinessStatusDegraded ReadinessStatus = "degraded"
+	ReadinessStatusOk       ReadinessStatus = "ok"
+)
+
+// Valid indicates whether the value is a known member of the ReadinessStatus enum.
+func (e ReadinessStatus) Valid() bool {
+	switch e {
+	case ReadinessStatusDegraded:
+		return true
+	case ReadinessStatusOk:
 		return true
 	default:
 		return false
@@ -397,6 +466,39 @@ type AuditEventList struct {
 	NextCursor *string      `json:"next_cursor"`
 }
 
+// CommandName The command verb, the last token of `fleet.<env>.veh.<vid>.cmd.<verb>`.
+type CommandName string
+
+// CommandRequest defines model for CommandRequest.
+type CommandRequest struct {
+	// Command The command verb, the last token of `fleet.<env>.veh.<vid>.cmd.<verb>`.
+	Command CommandName `json:"command"`
+
+	// Params The command's parameters, sent to the vehicle as the request payload (at most 16 KiB of JSON; default `{}`).
+	Params *json.RawMessage `json:"params,omitempty"`
+
+	// TimeoutMs How long to wait for the vehicle's reply.
+	TimeoutMs *int `json:"timeout_ms,omitempty"`
+}
+
+// CommandResult defines model for CommandResult.
+type CommandResult struct {
+	// Command The command verb, the last token of `fleet.<env>.veh.<vid>.cmd.<verb>`.
+	Command CommandName `json:"command"`
+
+	// LatencyMs Round trip from the control plane to the vehicle and back.
+	LatencyMs float64 `json:"latency_ms"`
+
+	// Reply The payload as the vehicle sent it (JSON, whitespace removed), or a string when it is not valid JSON.
+	Reply *TwinData `json:"reply"`
+
+	// Subject The subject the request was sent to.
+	Subject string `json:"subject"`
+
+	// VehicleId 1-64 characters of A-Z, a-z, 0-9, '_' and '-'; a NATS subject token.
+	VehicleId VehicleID `json:"vehicle_id"`
+}
+
 // ConnectionType defines model for ConnectionType.
 type ConnectionType string
 
@@ -570,12 +672,32 @@ type FleetList struct {
 	NextCursor *string `json:"next_cursor"`
 }
 
+// FleetState defines model for FleetState.
+type FleetState struct {
+	Items []FleetVehicleState `json:"items"`
+
+	// Kind The part of a subject after `fleet.<env>.veh.<vid>.`, a category and a kind.
+	//
+	// Example: state.position
+	Kind       TwinKind `json:"kind"`
+	NextCursor *string  `json:"next_cursor"`
+}
+
 // FleetUpdate defines model for FleetUpdate.
 type FleetUpdate struct {
 	Description *Description `json:"description,omitempty"`
 
 	// Name A display name; surrounding spaces are trimmed, control characters are refused.
 	Name *Name `json:"name,omitempty"`
+}
+
+// FleetVehicleState defines model for FleetVehicleState.
+type FleetVehicleState struct {
+	// Message The vehicle's last stored message of the kind; null when it has none.
+	Message *TwinMessage `json:"message"`
+
+	// VehicleId 1-64 characters of A-Z, a-z, 0-9, '_' and '-'; a NATS subject token.
+	VehicleId VehicleID `json:"vehicle_id"`
 }
 
 // Grant defines model for Grant.
@@ -736,6 +858,18 @@ type GrantScope struct {
 	VehicleIds *[]VehicleID `json:"vehicle_ids,omitempty"`
 }
 
+// HubNodeHealth defines model for HubNodeHealth.
+type HubNodeHealth struct {
+	// Error Why it is not up.
+	Error *string `json:"error,omitempty"`
+
+	// Node The node's server name.
+	Node string `json:"node"`
+
+	// Up The control plane's connection to the node is up and reaches that very server.
+	Up bool `json:"up"`
+}
+
 // KeyRole The role of a new API key; at most the caller's own.
 type KeyRole string
 
@@ -743,6 +877,20 @@ type KeyRole string
 // '/' and '-', starting with a letter or digit; values at most 256 bytes
 // of printable UTF-8.
 type Labels map[string]string
+
+// LiveMessage defines model for LiveMessage.
+type LiveMessage struct {
+	// Data The payload as the vehicle sent it (JSON, whitespace removed), or a string when it is not valid JSON.
+	Data *TwinData `json:"data"`
+	Kind string    `json:"kind"`
+
+	// ReceivedAt When the control plane received the message.
+	ReceivedAt time.Time `json:"received_at"`
+	Subject    string    `json:"subject"`
+
+	// VehicleId 1-64 characters of A-Z, a-z, 0-9, '_' and '-'; a NATS subject token.
+	VehicleId VehicleID `json:"vehicle_id"`
+}
 
 // Name A display name; surrounding spaces are trimmed, control characters are refused.
 type Name = string
@@ -802,6 +950,25 @@ type ProblemCode string
 // and send only the public key. Account (`A...`) and operator (`O...`)
 // keys and seeds are refused.
 type PublicUserKey = string
+
+// Readiness defines model for Readiness.
+type Readiness struct {
+	// AccountsBehind Tenant accounts whose latest version not every hub node has acknowledged; the push jobs and the reconciler bring them up to date.
+	AccountsBehind int               `json:"accounts_behind"`
+	Database       ReadinessDatabase `json:"database"`
+
+	// HubNodes Every configured hub node, in configuration order (empty when none is configured).
+	HubNodes []HubNodeHealth `json:"hub_nodes"`
+
+	// Status `degraded`: a hub node is down or accounts are behind; the API still serves.
+	Status ReadinessStatus `json:"status"`
+}
+
+// ReadinessDatabase defines model for Readiness.Database.
+type ReadinessDatabase string
+
+// ReadinessStatus `degraded`: a hub node is down or accounts are behind; the API still serves.
+type ReadinessStatus string
 
 // Region defines model for Region.
 type Region struct {
@@ -930,6 +1097,46 @@ type TimeWindow struct {
 	Start string `json:"start"`
 }
 
+// TwinData The payload as the vehicle sent it (JSON, whitespace removed), or a string when it is not valid JSON.
+type TwinData = json.RawMessage
+
+// TwinKind The part of a subject after `fleet.<env>.veh.<vid>.`, a category and a kind.
+//
+// Example: state.position
+type TwinKind = string
+
+// TwinKindFilter A category (`state`, `evt`, `agent`) or a kind (`state.position`).
+type TwinKindFilter = string
+
+// TwinMessage defines model for TwinMessage.
+type TwinMessage struct {
+	// Data The payload as the vehicle sent it (JSON, whitespace removed), or a string when it is not valid JSON.
+	Data *TwinData `json:"data"`
+
+	// Kind The subject after the vehicle ID (`state.position`, `evt.armed`, ...).
+	Kind string `json:"kind"`
+
+	// Sequence The message's sequence in the tenant's history stream of the region.
+	Sequence int64 `json:"sequence"`
+
+	// StoredAt When the hub stored the message.
+	StoredAt time.Time `json:"stored_at"`
+
+	// Subject The NATS subject, `fleet.<env>.veh.<vid>.<kind>`.
+	//
+	// Example: fleet.prod.veh.Drone-7.state.position
+	Subject string `json:"subject"`
+
+	// VehicleId 1-64 characters of A-Z, a-z, 0-9, '_' and '-'; a NATS subject token.
+	VehicleId VehicleID `json:"vehicle_id"`
+}
+
+// TwinMessageList defines model for TwinMessageList.
+type TwinMessageList struct {
+	Items      []TwinMessage `json:"items"`
+	NextCursor *string       `json:"next_cursor"`
+}
+
 // User defines model for User.
 type User struct {
 	CreatedAt time.Time `json:"created_at"`
@@ -956,14 +1163,25 @@ type Vehicle struct {
 	// Hostname As reported by the agent at enrollment.
 	Hostname *string `json:"hostname"`
 
+	// HubNode The hub node of the vehicle's current link, or of its last one while offline; null before it ever connected.
+	HubNode *string `json:"hub_node"`
+
 	// Labels Up to 32 labels. Keys are 1-63 characters of A-Z, a-z, 0-9, '.', '_',
 	// '/' and '-', starting with a letter or digit; values at most 256 bytes
 	// of printable UTF-8.
-	Labels     Labels     `json:"labels"`
+	Labels Labels `json:"labels"`
+
+	// LastDisconnectReason Why the vehicle's last link closed: the hub's words (e.g. "Client Closed", "Stale Connection", "Authentication Revoked"), or "hub node <name> unreachable" when the node itself was lost. Null if no link ever closed.
+	LastDisconnectReason *string `json:"last_disconnect_reason"`
+
+	// LastSeenAt When the vehicle was last known connected: when its current link to a hub opened while it is online; when the link closed (or was found gone) once it is offline. Null before it ever connected.
 	LastSeenAt *time.Time `json:"last_seen_at"`
 
 	// Name A display name; surrounding spaces are trimmed, control characters are refused.
 	Name Name `json:"name"`
+
+	// Online Whether the vehicle's leaf link to a hub node is open.
+	Online bool `json:"online"`
 
 	// Revocation While the vehicle is revoked, its latest revocation (single-vehicle reads only); null otherwise.
 	Revocation *Revocation   `json:"revocation"`
@@ -1047,6 +1265,15 @@ type VehicleID = string
 type VehicleList struct {
 	Items      []Vehicle `json:"items"`
 	NextCursor *string   `json:"next_cursor"`
+}
+
+// VehicleState defines model for VehicleState.
+type VehicleState struct {
+	// Messages The latest stored message of each kind, in stream order.
+	Messages []TwinMessage `json:"messages"`
+
+	// VehicleId 1-64 characters of A-Z, a-z, 0-9, '_' and '-'; a NATS subject token.
+	VehicleId VehicleID `json:"vehicle_id"`
 }
 
 // VehicleStatus defines model for VehicleStatus.
@@ -1195,6 +1422,21 @@ type CreateEnrollmentTokenParams struct {
 	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
 
+// GetFleetStateParams defines parameters for GetFleetState.
+type GetFleetStateParams struct {
+	// Kind A kind such as `state.position` or `evt.armed` (default `state.position`).
+	Kind *TwinKind `form:"kind,omitempty" json:"kind,omitempty"`
+
+	// At The state as of this time (RFC 3339); default now.
+	At *time.Time `form:"at,omitempty" json:"at,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page, unchanged.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+
+	// Limit Page size.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+}
+
 // ListVehiclesParams defines parameters for ListVehicles.
 type ListVehiclesParams struct {
 	// Cursor The `next_cursor` of the previous page, unchanged.
@@ -1211,10 +1453,19 @@ type ListVehiclesParams struct {
 
 	// Label Only vehicles whose label `key` equals `value`, written `key=value`.
 	Label *string `form:"label,omitempty" json:"label,omitempty"`
+
+	// Online Only vehicles that are online (true) or offline (false).
+	Online *bool `form:"online,omitempty" json:"online,omitempty"`
 }
 
 // CreateVehicleParams defines parameters for CreateVehicle.
 type CreateVehicleParams struct {
+	// IdempotencyKey Makes a POST safe to retry; see the introduction.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// SendCommandParams defines parameters for SendCommand.
+type SendCommandParams struct {
 	// IdempotencyKey Makes a POST safe to retry; see the introduction.
 	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
@@ -1225,10 +1476,34 @@ type IssueVehicleCredentialsParams struct {
 	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
 
+// GetVehicleHistoryParams defines parameters for GetVehicleHistory.
+type GetVehicleHistoryParams struct {
+	// Since Only messages stored at or after this time (RFC 3339).
+	Since *time.Time `form:"since,omitempty" json:"since,omitempty"`
+
+	// Until Only messages stored before this time (RFC 3339).
+	Until *time.Time `form:"until,omitempty" json:"until,omitempty"`
+
+	// Kind Only this category (`state`, `evt`, `agent`) or kind (`state.position`).
+	Kind *TwinKindFilter `form:"kind,omitempty" json:"kind,omitempty"`
+
+	// Limit Page size.
+	Limit *int `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page, unchanged.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
 // RevokeVehicleParams defines parameters for RevokeVehicle.
 type RevokeVehicleParams struct {
 	// IdempotencyKey Makes a POST safe to retry; see the introduction.
 	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// GetVehicleStateParams defines parameters for GetVehicleState.
+type GetVehicleStateParams struct {
+	// At The state as of this time (RFC 3339); default now.
+	At *time.Time `form:"at,omitempty" json:"at,omitempty"`
 }
 
 // ListGrantsParams defines parameters for ListGrants.
@@ -1295,6 +1570,9 @@ type CreateVehicleJSONRequestBody = VehicleCreate
 
 // UpdateVehicleJSONRequestBody defines body for UpdateVehicle for application/json ContentType.
 type UpdateVehicleJSONRequestBody = VehicleUpdate
+
+// SendCommandJSONRequestBody defines body for SendCommand for application/json ContentType.
+type SendCommandJSONRequestBody = CommandRequest
 
 // IssueVehicleCredentialsJSONRequestBody defines body for IssueVehicleCredentials for application/json ContentType.
 type IssueVehicleCredentialsJSONRequestBody = VehicleCredentialsRequest

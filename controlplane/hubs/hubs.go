@@ -93,6 +93,8 @@ type Hubs struct {
 
 	upDesc   *prometheus.Desc
 	pushHist *prometheus.HistogramVec
+
+	leafs leafCache // users of leaf links (presence.go)
 }
 
 type node struct {

@@ -2,15 +2,16 @@
 // (riverqueue.com), in the same Postgres as the domain, so a job can be
 // inserted in the transaction of the change it follows (an outbox).
 //
-// Today there is one job, controlplane.AccountPushJob: its worker calls the
+// Jobs: controlplane.AccountPushJob (below) and the periodic
+// controlplane.ReconcileAccountsJob (reconcile.go). The push worker calls the
 // domain's RunAccountPush and returns its error, so River retries a failed
 // push with its default backoff (attempt⁴ seconds plus jitter: ~1 s, 16 s,
 // 81 s, ...; 25 attempts) unless Options.RetryPolicy says otherwise.
 //
 // River's tables come from migrations 000002/000003 (River's own SQL).
 //
-// It may import controlplane, River (river, riverpgxv5) and pgx; never
-// another adapter.
+// It may import controlplane, River (river, riverpgxv5), pgx and the
+// Prometheus client; never another adapter.
 package jobs
 
 import (
@@ -60,11 +61,16 @@ type Options struct {
 	RetryPolicy river.ClientRetryPolicy
 	// MaxAttempts overrides River's 25 attempts.
 	MaxAttempts int
+	// ReconcileInterval is how often the reconcile_accounts job runs when
+	// the runner also implements ReconcileRunner (reconcile.go); default
+	// DefaultReconcileInterval, negative = never.
+	ReconcileInterval time.Duration
 }
 
 // Jobs is the River client with Fleetplane's workers registered.
 type Jobs struct {
-	client *river.Client[pgx.Tx]
+	client    *river.Client[pgx.Tx]
+	reconcile *ReconcileMetrics // nil when the runner does not reconcile
 }
 
 // New builds the client; Start begins working jobs.
@@ -79,11 +85,16 @@ func New(pool *pgxpool.Pool, runner AccountPushRunner, logger *slog.Logger, opts
 	if err := river.AddWorkerSafely(workers, &accountPushWorker{runner: runner}); err != nil {
 		return nil, fmt.Errorf("jobs: register account push worker: %w", err)
 	}
+	periodic, reconcile, err := addReconcile(workers, runner, opts)
+	if err != nil {
+		return nil, err
+	}
 	client, err := river.NewClient(riverpgxv5.New(pool), &river.Config{
 		Queues: map[string]river.QueueConfig{
 			river.QueueDefault: {MaxWorkers: cmp.Or(opts.Workers, DefaultWorkers)},
 		},
 		Workers:           workers,
+		PeriodicJobs:      periodic,
 		FetchCooldown:     cmp.Or(opts.FetchCooldown, DefaultFetchCooldown),
 		FetchPollInterval: cmp.Or(opts.FetchPollInterval, DefaultFetchPollInterval),
 		JobTimeout:        cmp.Or(opts.JobTimeout, DefaultJobTimeout),
@@ -94,7 +105,7 @@ func New(pool *pgxpool.Pool, runner AccountPushRunner, logger *slog.Logger, opts
 	if err != nil {
 		return nil, fmt.Errorf("jobs: river client: %w", err)
 	}
-	return &Jobs{client: client}, nil
+	return &Jobs{client: client, reconcile: reconcile}, nil
 }
 
 // Start begins fetching and working jobs; it returns once started.

@@ -61,6 +61,16 @@ func TestMigrations(t *testing.T) {
 		core + " " + river + " river_notification",
 		core + " " + river + " river_notification" +
 			" agent_nonces enrollment_tokens grants nats_accounts nats_operator nats_user_keys revocations",
+		core + " " + river + " river_notification" +
+			" agent_nonces enrollment_tokens grants nats_accounts nats_operator nats_user_keys revocations" +
+			" regions",
+		// 6: vehicle presence adds columns only.
+		core + " " + river + " river_notification" +
+			" agent_nonces enrollment_tokens grants nats_accounts nats_operator nats_user_keys revocations" +
+			" regions",
+		core + " " + river + " river_notification" +
+			" agent_nonces enrollment_tokens grants nats_accounts nats_operator nats_user_keys revocations" +
+			" regions tenant_streams",
 	}
 	last := uint(len(want))
 

@@ -11,7 +11,8 @@ import (
 // vehicleColumns reads a vehicle row aliased v joined with its fleet f.
 const vehicleColumns = `v.id, v.tenant_id, v.fleet_id, f.slug, v.vehicle_id, v.name, v.labels, v.status,
 	v.created_at, v.updated_at, v.enrolled_at, v.last_seen_at,
-	coalesce(v.user_public_key, ''), v.credentials_expire_at, v.hostname, v.arch, v.agent_version`
+	coalesce(v.user_public_key, ''), v.credentials_expire_at, v.hostname, v.arch, v.agent_version,
+	v.online, v.hub_node, v.last_disconnect_reason`
 
 // vehicleJoin joins a vehicle to its fleet. The fleet key includes the
 // tenant, as the foreign key does.
@@ -22,7 +23,8 @@ func scanVehicle(row pgx.Row) (*controlplane.Vehicle, error) {
 	var status string
 	err := row.Scan(&v.ID, &v.TenantID, &v.FleetID, &v.FleetSlug, &v.VehicleID, &v.Name, &v.Labels, &status,
 		&v.CreatedAt, &v.UpdatedAt, &v.EnrolledAt, &v.LastSeenAt,
-		&v.UserPublicKey, &v.CredentialsExpireAt, &v.Hostname, &v.Arch, &v.AgentVersion)
+		&v.UserPublicKey, &v.CredentialsExpireAt, &v.Hostname, &v.Arch, &v.AgentVersion,
+		&v.Online, &v.HubNode, &v.LastDisconnectReason)
 	if err != nil {
 		return nil, err
 	}
@@ -123,6 +125,9 @@ func findVehiclesQuery(tenantID string, f controlplane.VehicleFilter) (string, [
 	}
 	if f.Label != nil {
 		w.add("v.labels @> ?::jsonb", map[string]string{f.Label.Key: f.Label.Value})
+	}
+	if f.Online != nil {
+		w.add("v.online = ?", *f.Online)
 	}
 	if f.After != "" {
 		w.add("v.vehicle_id > ?", f.After)

@@ -222,6 +222,12 @@ func ServiceScope(signingKeyPub string) *jwt.UserScope {
 	return s
 }
 
+// ServiceInboxPrefix is the reply-inbox prefix of the control plane's
+// service users named name (nats.CustomInboxPrefix): _INBOX.svc.<name>, a
+// sub-tree of "_INBOX." apart from the vehicles' (_INBOX.veh.<vid>), so
+// that a service scope can be narrowed to its own inboxes.
+func ServiceInboxPrefix(name string) string { return "_INBOX.svc." + name }
+
 // RevokeUser returns a copy of revs with userPub (or "*") revoked as of at:
 // JWTs of that key issued at or before at are refused. An existing later
 // revocation is kept (a revocation never moves back in time).
