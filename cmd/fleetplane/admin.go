@@ -126,6 +126,9 @@ const adminUsage = `usage:
   fleetplane admin operator show [--json]           print the operator's public keys
   fleetplane admin operator export --dir DIR [--resolver-dir D]   write what hub nodes need (no secrets)
   fleetplane admin master-key generate              print a new master keyring entry
+  fleetplane admin hub config --region R --node N [--out FILE] [--data-dir D] [--tls-dir D] [--route-tls=false]   write a node's hub.yaml
+  fleetplane admin region add --name NAME [--display-name T] [--leaf-url U]... [--client-url U]... [--ca-file F] [--node NAME=URL]...
+  fleetplane admin region list [--json]             hub regions (used after a control-plane restart)
 `
 
 func runAdmin(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -138,6 +141,10 @@ func runAdmin(ctx context.Context, args []string, getenv func(string) string, st
 		return runAdminTenantCreate(ctx, args[2:], getenv, stdout, stderr)
 	case "operator init", "operator show", "operator export":
 		return runAdminOperator(ctx, args[1], args[2:], getenv, stdout, stderr)
+	case "region add", "region list":
+		return runAdminRegion(ctx, args[1], args[2:], getenv, stdout, stderr)
+	case "hub config":
+		return runAdminHubConfig(ctx, args[2:], getenv, stdout, stderr)
 	case "master-key generate":
 		fmt.Fprintf(stdout, "k%s:%s\n", time.Now().UTC().Format("20060102"), seal.GenerateKey())
 		return nil

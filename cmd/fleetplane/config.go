@@ -71,6 +71,15 @@ type RegionConf struct {
 type HubNodeConf struct {
 	Name string `yaml:"name"`
 	URL  string `yaml:"url"`
+	// Only for `fleetplane admin hub config` (docs/hubs.md); all optional.
+	// RouteURL is how the region's other nodes reach this node's cluster
+	// port (default nats-route://<url host>:6222); GatewayURL is how other
+	// regions reach its gateway port (no gateway when unset); LeafListen
+	// and MonitorListen default to 0.0.0.0:7422 and 127.0.0.1:8222.
+	RouteURL      string `yaml:"route_url,omitempty"`
+	GatewayURL    string `yaml:"gateway_url,omitempty"`
+	LeafListen    string `yaml:"leaf_listen,omitempty"`
+	MonitorListen string `yaml:"monitor_listen,omitempty"`
 }
 
 func defaultConfig() Config {

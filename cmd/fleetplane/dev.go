@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/fleetplane/fleetplane/controlplane"
 	"github.com/fleetplane/fleetplane/controlplane/natsissuer"
 	"github.com/fleetplane/fleetplane/controlplane/postgres"
+	"github.com/fleetplane/fleetplane/internal/devca"
 	"github.com/fleetplane/fleetplane/internal/hubnode"
 	"github.com/fleetplane/fleetplane/internal/pgserver"
 	"github.com/fleetplane/fleetplane/internal/seal"
@@ -64,10 +66,23 @@ func devOperator(ctx context.Context, cfg *Config, logger *slog.Logger) (*contro
 	return op, nil
 }
 
-// startDevHub runs one embedded hub node (operator mode, full resolver,
-// JetStream) with its state under dir. Plain (non-TLS) listeners: dev binds
-// loopback; the hubs issue brings a dev CA.
-func startDevHub(dir, clientAddr, leafAddr string, op *controlplane.Operator, logger *slog.Logger) (*server.Server, error) {
+// devHub is the embedded hub of `fleetplane dev`: one node, or a cluster
+// of several on loopback, with a TLS leafnode listener whose certificate a
+// development CA under the state directory signed.
+type devHub struct {
+	nodes  []*server.Server
+	ca     *devca.CA
+	client []string // client URLs, node order
+	leaf   []string // leafnode URLs (tls://)
+}
+
+// startDevHub runs n hub nodes (operator mode, full resolver, JetStream)
+// with their state under stateDir: node 1 in hub/ (where a single dev hub
+// has always kept it, so pushed accounts survive), node i in hub-i/. Node 1
+// listens on clientAddr/leafAddr, the others on free loopback ports. The
+// leafnode listeners serve TLS 1.3 with a certificate from the dev CA in
+// stateDir/ca (created once, then reused), for 127.0.0.1, ::1 and localhost.
+func startDevHub(stateDir string, n int, clientAddr, leafAddr string, op *controlplane.Operator, logger *slog.Logger) (*devHub, error) {
 	ch, cp, err := splitAddr(clientAddr)
 	if err != nil {
 		return nil, fmt.Errorf("--hub-client-addr: %w", err)
@@ -76,13 +91,100 @@ func startDevHub(dir, clientAddr, leafAddr string, op *controlplane.Operator, lo
 	if err != nil {
 		return nil, fmt.Errorf("--hub-leaf-addr: %w", err)
 	}
-	s, err := hubnode.Start(hubnode.Config{Name: "hub-local-1", Region: "local", Dir: dir,
-		ClientHost: ch, ClientPort: cp, LeafHost: lh, LeafPort: lp, Trust: natsissuer.HubTrust(op)})
+	ca, err := devca.Open(filepath.Join(stateDir, "ca"))
 	if err != nil {
-		return nil, fmt.Errorf("embedded hub: %w (is a nats-server already listening? use --hub-client-addr/--hub-leaf-addr)", err)
+		return nil, err
 	}
-	logger.Info("embedded hub running", "name", s.Name(), "dir", dir)
-	return s, nil
+	// A leaf listener beyond loopback (a real vehicle on the LAN) needs its
+	// name in the certificate too; the CA stays, so enrolled vehicles keep
+	// trusting it.
+	hosts := slices.Clone(devca.LocalHosts)
+	switch {
+	case lh == "" || lh == "0.0.0.0" || lh == "::":
+		if name, err := os.Hostname(); err == nil && name != "" {
+			hosts = append(hosts, name)
+		}
+	case !slices.Contains(hosts, lh):
+		hosts = append(hosts, lh)
+	}
+	cert, err := ca.Issue("hub", hosts)
+	if err != nil {
+		return nil, err
+	}
+	leafTLS, err := hubnode.TLSFiles{CertFile: cert.CertFile, KeyFile: cert.KeyFile}.TLSConfig()
+	if err != nil {
+		return nil, err
+	}
+	var routes []string
+	var routePorts []int
+	if n > 1 {
+		// Every node of a JetStream cluster needs the route list at start.
+		if routePorts, err = freeLoopbackPorts(n); err != nil {
+			return nil, err
+		}
+		for _, p := range routePorts {
+			routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", p))
+		}
+	}
+	h := &devHub{ca: ca}
+	for i := range n {
+		c := hubnode.Config{Name: fmt.Sprintf("hub-local-%d", i+1), Region: "local", Dir: filepath.Join(stateDir, "hub"),
+			ClientHost: ch, ClientPort: cp, LeafHost: lh, LeafPort: lp, LeafTLS: leafTLS, Trust: natsissuer.HubTrust(op)}
+		if i > 0 {
+			c.Dir = filepath.Join(stateDir, fmt.Sprintf("hub-%d", i+1))
+			c.ClientHost, c.ClientPort, c.LeafHost, c.LeafPort = "127.0.0.1", server.RANDOM_PORT, "127.0.0.1", server.RANDOM_PORT
+		}
+		if n > 1 {
+			// A single node's standalone JetStream state stays apart from
+			// the cluster's: switching --hub-nodes back and forth keeps both.
+			c.StoreDir = filepath.Join(c.Dir, "jetstream-cluster")
+			c.ClusterHost, c.ClusterPort, c.Routes = "127.0.0.1", routePorts[i], routes
+		}
+		s, err := hubnode.Start(c)
+		if err != nil {
+			h.stop()
+			return nil, fmt.Errorf("embedded hub: %w (is a nats-server already listening? use --hub-client-addr/--hub-leaf-addr)", err)
+		}
+		h.nodes = append(h.nodes, s)
+		client, leaf, err := hubURLs(s)
+		if err != nil {
+			h.stop()
+			return nil, err
+		}
+		h.client, h.leaf = append(h.client, client), append(h.leaf, leaf)
+		logger.Info("embedded hub node running", "name", s.Name(), "dir", c.Dir, "client", client, "leafnodes", leaf)
+	}
+	return h, nil
+}
+
+func (h *devHub) stop() {
+	for i := len(h.nodes) - 1; i >= 0; i-- {
+		hubnode.Stop(h.nodes[i], false)
+	}
+}
+
+// region fills the dev region with the hub's URLs, nodes and CA bundle
+// (handed to vehicles at enrollment).
+func (h *devHub) region(r *RegionConf) {
+	r.ClientURLs, r.LeafURLs, r.Nodes = h.client, h.leaf, nil
+	for i, s := range h.nodes {
+		r.Nodes = append(r.Nodes, HubNodeConf{Name: s.Name(), URL: h.client[i]})
+	}
+	r.CAFile, r.caBundle = h.ca.CAFile(), h.ca.Bundle()
+}
+
+// freeLoopbackPorts returns n ports that were free on 127.0.0.1 a moment ago.
+func freeLoopbackPorts(n int) ([]int, error) {
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		defer l.Close()
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
 }
 
 // splitAddr splits host:port; port 0 means any free port (nats-server's -1).
@@ -101,7 +203,8 @@ func splitAddr(addr string) (string, int, error) {
 	return h, n, nil
 }
 
-// hubURLs returns the client and leafnode URLs a running hub listens on.
+// hubURLs returns the client and leafnode URLs a running hub listens on
+// (tls:// for a TLS leafnode listener).
 func hubURLs(s *server.Server) (client, leaf string, err error) {
 	v, err := s.Varz(nil)
 	if err != nil {
@@ -113,8 +216,12 @@ func hubURLs(s *server.Server) (client, leaf string, err error) {
 		}
 		return h
 	}
+	scheme := "nats"
+	if v.LeafNode.TLSRequired {
+		scheme = "tls"
+	}
 	return fmt.Sprintf("nats://%s", net.JoinHostPort(host(v.Host), strconv.Itoa(v.Port))),
-		fmt.Sprintf("nats://%s", net.JoinHostPort(host(v.LeafNode.Host), strconv.Itoa(v.LeafNode.Port))), nil
+		fmt.Sprintf("%s://%s", scheme, net.JoinHostPort(host(v.LeafNode.Host), strconv.Itoa(v.LeafNode.Port))), nil
 }
 
 const (
@@ -130,13 +237,17 @@ func runDev(ctx context.Context, args []string, getenv func(string) string, stdo
 	fs.SetOutput(stderr)
 	stateDir := fs.String("state-dir", ".fleetplane", "where dev keeps its Postgres data, hub state, master key and dev.env")
 	hubClientAddr := fs.String("hub-client-addr", "127.0.0.1:4222", "the embedded hub's client listener (nats CLI, grants)")
-	hubLeafAddr := fs.String("hub-leaf-addr", "127.0.0.1:7422", "the embedded hub's leafnode listener (vehicles)")
+	hubLeafAddr := fs.String("hub-leaf-addr", "127.0.0.1:7422", "the embedded hub's leafnode listener (vehicles, TLS with the dev CA)")
+	hubNodes := fs.Int("hub-nodes", 1, "embedded hub nodes: 1, or 3 for a JetStream R3 cluster (the first listens on --hub-*-addr, the others on free ports)")
 	cfg := defaultConfig()
 	cfg.HTTPAddr = "127.0.0.1:8080"
 	cfg.LogFormat = "text"
 	cfg.Regions = []RegionConf{{Name: "local", DisplayName: "Local (dev)"}}
 	if err := loadConfig(fs, args, getenv, &cfg); err != nil {
 		return err
+	}
+	if *hubNodes < 1 || *hubNodes > 7 {
+		return &usageError{fmt.Sprintf("--hub-nodes must be 1-7, got %d", *hubNodes)}
 	}
 	logger := newLogger(&cfg, stderr)
 	if err := os.MkdirAll(*stateDir, 0o755); err != nil {
@@ -176,22 +287,15 @@ func runDev(ctx context.Context, args []string, getenv func(string) string, stdo
 	if err != nil {
 		return err
 	}
-	hub, err := startDevHub(filepath.Join(*stateDir, "hub"), *hubClientAddr, *hubLeafAddr, op, logger)
+	hub, err := startDevHub(*stateDir, *hubNodes, *hubClientAddr, *hubLeafAddr, op, logger)
 	if err != nil {
 		return err
 	}
 	defer func() {
 		logger.Info("stopping the embedded hub")
-		hub.Shutdown()
-		hub.WaitForShutdown()
+		hub.stop()
 	}()
-	clientURL, leafURL, err := hubURLs(hub)
-	if err != nil {
-		return err
-	}
-	cfg.Regions[0].ClientURLs = []string{clientURL}
-	cfg.Regions[0].LeafURLs = []string{leafURL}
-	cfg.Regions[0].Nodes = []HubNodeConf{{Name: hub.Name(), URL: clientURL}}
+	hub.region(&cfg.Regions[0])
 
 	a, err := newApp(ctx, cfg, logger)
 	if err != nil {
@@ -223,13 +327,14 @@ Fleetplane is running.
   API key        %s
   Saved to       %s   (source it: set -a; . %s; set +a)
   Hub            %s (clients, nats CLI)   %s (vehicles, leafnodes)
+  Hub CA         %s   (vehicles get it at enrollment)
 
 Try it:
   curl -s -H "Authorization: Bearer $FLEETPLANE_API_KEY" $FLEETPLANE_URL/v1/fleets
   curl -s $FLEETPLANE_URL/v1/openapi.json | head
 
 Ctrl-C stops everything, including the local Postgres.
-`, url, key, envPath, envPath, clientURL, leafURL)
+`, url, key, envPath, envPath, strings.Join(hub.client, ", "), strings.Join(hub.leaf, ", "), hub.ca.CAFile())
 	return a.Serve(ctx, ln)
 }
 

@@ -17,6 +17,7 @@ const usage = `fleetplane — the Fleetplane control plane
 Usage:
   fleetplane serve   [flags]            run the control plane (REST API, metrics)
   fleetplane dev     [flags]            run the whole system locally (Postgres, API, demo tenant)
+  fleetplane hub     --config hub.yaml  run one hub node (NATS, operator mode) in the foreground
   fleetplane migrate up|down|version    apply, roll back or show schema migrations
   fleetplane admin tenant create --name N --email E [--plan free|scale] [--json]
   fleetplane version                    print the version
@@ -52,6 +53,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return runServe(ctx, rest, getenv, stdout, stderr)
 	case "dev":
 		return runDev(ctx, rest, getenv, stdout, stderr)
+	case "hub":
+		return runHub(ctx, rest, getenv, stdout, stderr)
 	case "migrate":
 		return runMigrate(ctx, rest, getenv, stdout, stderr)
 	case "admin":

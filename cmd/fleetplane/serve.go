@@ -21,6 +21,7 @@ import (
 	"github.com/fleetplane/fleetplane/controlplane/jobs"
 	"github.com/fleetplane/fleetplane/controlplane/natsissuer"
 	"github.com/fleetplane/fleetplane/controlplane/postgres"
+	"github.com/fleetplane/fleetplane/controlplane/twin"
 )
 
 func runServe(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -55,6 +56,7 @@ type app struct {
 	svc      *controlplane.Service
 	issuer   *natsissuer.Issuer
 	hubs     *hubs.Hubs // nil when no hub nodes are configured
+	twin     *twin.Twin
 	jobs     *jobs.Jobs
 	handler  http.Handler
 	registry *prometheus.Registry
@@ -102,14 +104,14 @@ func (a *app) wire(ctx context.Context) error {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		postgres.NewPoolCollector(a.pool),
 	)
-	var hubNodes []hubs.Node
-	for _, r := range cfg.Regions {
-		for _, n := range r.Nodes {
-			hubNodes = append(hubNodes, hubs.Node{Name: n.Name, URL: n.URL})
-		}
+	// Regions live in Postgres; the configured ones are upserted first.
+	// Hub connections are made here, so a new region needs a restart.
+	regions, hubNodes, err := loadRegions(ctx, store, cfg)
+	if err != nil {
+		return err
 	}
 	scfg := controlplane.Config{
-		Regions:              cfg.domainRegions(),
+		Regions:              regions,
 		Issuer:               a.issuer,
 		VehicleCredentialTTL: cfg.VehicleCredentialTTL,
 		MaxGrantTTL:          cfg.MaxGrantTTL,
@@ -123,12 +125,20 @@ func (a *app) wire(ctx context.Context) error {
 		}
 		a.registry.MustRegister(a.hubs)
 		scfg.Hubs = a.hubs
+		scfg.Presence = a.hubs
 	} else {
 		a.logger.Warn("no hub nodes configured: account JWTs are not pushed anywhere")
 	}
+	// Tenant streams, digital-twin reads, live updates and commands, as
+	// each tenant's own least-privilege service user.
+	a.twin = twin.New(twin.Options{Logger: a.logger})
+	scfg.Telemetry = a.twin
 	a.svc = controlplane.NewService(store, scfg, a.logger)
 	if a.jobs, err = jobs.New(a.pool, a.svc, a.logger, jobs.Options{Workers: cfg.JobWorkers}); err != nil {
 		return err
+	}
+	if m := a.jobs.ReconcileMetrics(); m != nil {
+		a.registry.MustRegister(m)
 	}
 	a.handler = api.New(a.svc, api.Options{
 		Logger:              a.logger,
@@ -143,6 +153,9 @@ func (a *app) wire(ctx context.Context) error {
 }
 
 func (a *app) Close() {
+	if a.twin != nil {
+		a.twin.Close()
+	}
 	if a.hubs != nil {
 		a.hubs.Close()
 	}
@@ -165,6 +178,15 @@ func (a *app) Serve(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(a.logger.Handler(), slog.LevelWarn),
 	}
 	go a.pruneIdempotencyKeys(ctx)
+	if a.hubs != nil {
+		// Every replica follows presence: events are shared out through a
+		// queue group, and reconciliation is idempotent.
+		go func() {
+			if err := a.svc.RunPresence(ctx); err != nil && ctx.Err() == nil {
+				a.logger.Error("vehicle presence stopped", "err", err)
+			}
+		}()
+	}
 	if err := a.jobs.Start(ctx); err != nil {
 		return fmt.Errorf("job workers: %w", err)
 	}
