@@ -93,6 +93,21 @@ func TestDevHubCluster(t *testing.T) {
 		_, err := sub.NextMsg(100 * time.Millisecond)
 		return err == nil
 	})
+	// The control plane reaches the vehicle on node 3 through its tenant
+	// service user (dev's client listener is plain while the region has a
+	// CA bundle for the leaf listener: that must not force TLS).
+	if _, err := vc.Subscribe("fleet.dev.veh.Drone-3.cmd.>", func(m *nats.Msg) { _ = m.Respond([]byte(`{"ok":true}`)) }); err != nil {
+		t.Fatal(err)
+	}
+	_ = vc.Flush()
+	waitFor(t, 10*time.Second, "a command answered through the cluster", func() bool {
+		r := c.do("POST", "/v1/fleets/demo/vehicles/Drone-3/commands", map[string]any{"command": "rtl", "timeout_ms": 2000}, 0)
+		return r["reply"] != nil
+	})
+	waitFor(t, 10*time.Second, "Drone-3 online on a hub node", func() bool {
+		v := c.do("GET", "/v1/fleets/demo/vehicles/Drone-3", nil, 200)
+		return v["online"] == true
+	})
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}

@@ -297,7 +297,11 @@ func (tw *Twin) connect(c *conn, t controlplane.TelemetryTarget) {
 			fail("region %q: the CA bundle holds no certificate", r.Name)
 			return
 		}
-		opts = append(opts, nats.Secure(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}))
+		// The bundle verifies the hubs whenever TLS is used (tls:// URLs or
+		// a server that requires it); it does not force TLS on a plain
+		// client listener (dev: the CA covers the vehicles' leaf listener).
+		cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		opts = append(opts, func(o *nats.Options) error { o.TLSConfig = cfg; return nil })
 	}
 	nc, err := nats.Connect(strings.Join(r.ClientURLs, ","), append(opts, tw.opts.NATSOptions...)...)
 	if err != nil {
