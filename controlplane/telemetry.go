@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"time"
+
+	"github.com/fleetplane/fleetplane/internal/natsauth"
 )
 
 // This file holds the digital-twin side of the domain (DESIGN.md §3,
@@ -22,8 +24,9 @@ import (
 // the latest state (multi-last direct get) and live traffic all use the same
 // subjects.
 
-// TwinStream is the name of a tenant's history stream in every region.
-const TwinStream = "TWIN"
+// TwinStream is the name of a tenant's history stream in every region. It
+// is natsauth.HistoryStream: the service users' permissions name it.
+const TwinStream = natsauth.HistoryStream
 
 // twinStreamConfigVersion is part of StreamSpec.Hash: raise it when the code
 // changes what EnsureStream applies, so every tenant's stream is updated on

@@ -320,7 +320,8 @@ func TestTwinProvisioning(t *testing.T) {
 	}
 }
 
-// serviceConn connects as a fresh service user of account a.
+// serviceConn connects as a fresh service user of account a (with its own
+// inbox prefix: natsauth.ServiceScope allows no other).
 func serviceConn(e *twinEnv, a *controlplane.Account) (*nats.Conn, error) {
 	k, err := natsauth.NewUserKey()
 	if err != nil {
@@ -330,7 +331,8 @@ func serviceConn(e *twinEnv, a *controlplane.Account) (*nats.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return nats.Connect(e.nodes[0].ClientURL(), nats.UserJWTAndSeed(j, string(k.Seed)))
+	return nats.Connect(e.nodes[0].ClientURL(), nats.UserJWTAndSeed(j, string(k.Seed)),
+		nats.CustomInboxPrefix(natsauth.ServiceInboxPrefix("test")))
 }
 
 type pos struct {

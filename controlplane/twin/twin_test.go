@@ -154,7 +154,9 @@ func TestEnsureStream(t *testing.T) {
 	}
 
 	// What the hub has.
-	svc := natstest.Connect(t, f.hub.ClientURL(), f.tn.Service(t, "check"))
+	// An admin: the purge must be refused by the stream (DenyPurge), not
+	// by the service user's permissions, which exclude purges anyway.
+	svc := natstest.Connect(t, f.hub.ClientURL(), f.tn.Admin(t))
 	js, _ := jetstream.New(svc)
 	s, err := js.Stream(ctx, controlplane.TwinStream)
 	if err != nil {
@@ -413,7 +415,7 @@ func TestConnectionCache(t *testing.T) {
 		t.Fatalf("%d connections", f.tw.Connections())
 	}
 	// Idle: closed by the janitor; a live subscription keeps it open.
-	sub, err := f.tw.Subscribe(ctx, f.target, []string{"fleet.>"})
+	sub, err := f.tw.Subscribe(ctx, f.target, []string{"fleet.*.veh.*.state.>"}) // the service user may not subscribe to fleet.>
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -209,9 +209,9 @@ func startBenchFleet(b *testing.B, compression string, n int) *benchFleet {
 	for t := 0; t*vehiclesPerTenant < n; t++ {
 		tn := natstest.NewTenant(b, op, natsauth.AccountSpec{Name: fmt.Sprintf("tenant-%d", t), TenantID: fmt.Sprintf("t%d", t), Limits: natsauth.Unlimited()})
 		tn.Push(b, sys)
-		// The tenant's service user on the hub listens to all telemetry:
-		// its interest reaches every vehicle, so telemetry crosses the links.
-		svc := natstest.Connect(b, f.hub.ClientURL(), tn.Service(b, "bench"), reconnectForever)
+		// A tenant client on the hub listens to all telemetry: its
+		// interest reaches every vehicle, so telemetry crosses the links.
+		svc := natstest.Connect(b, f.hub.ClientURL(), tn.Admin(b), reconnectForever)
 		if _, err := svc.Subscribe(natsauth.SubjectRoot+".>", func(*nats.Msg) { f.received.Add(1) }); err != nil {
 			b.Fatal(err)
 		}

@@ -303,7 +303,9 @@ func TestSupercluster(t *testing.T) {
 		const mirrorName = "HISTORY_" + americas
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		svc := natstest.Connect(t, eu.nodes[0].ClientURL(), tn.Service(t, "cp"))
+		// An admin: these streams are not the service user's (it may
+		// touch natsauth.HistoryStream only).
+		svc := natstest.Connect(t, eu.nodes[0].ClientURL(), tn.Admin(t))
 		js, err := jetstream.New(svc)
 		if err != nil {
 			t.Fatal(err)
@@ -398,7 +400,7 @@ func TestSupercluster(t *testing.T) {
 			n, published, time.Since(start), time.Since(created))
 
 		// Steady-state lag: one more message at a time, polled in americas.
-		reader := natstest.Connect(t, am.nodes[2].ClientURL(), tn.Service(t, "cp"))
+		reader := natstest.Connect(t, am.nodes[2].ClientURL(), tn.Admin(t))
 		var lags []time.Duration
 		for i := n + 1; i <= n+lagSamples; i++ {
 			start := time.Now()

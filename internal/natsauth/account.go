@@ -206,27 +206,63 @@ func VehicleScope(signingKeyPub string) *jwt.UserScope {
 	return s
 }
 
-// ServiceScope is the scope of the service role key: the control plane's
-// per-tenant user may connect over TCP or in-process and use the whole
-// telemetry tree, the JetStream API and acks, and the standard inbox. (To be
-// narrowed per use once the control plane's needs are fixed.)
+// ServiceScope is the scope of the service role key: the least privilege
+// the control plane's per-tenant service user (controlplane/twin) needs,
+// with {{name()}} = the service user's name:
+//
+//   - connection type STANDARD only (the control plane dials the region's
+//     client URLs; no in-process use, and never LEAFNODE: the service user
+//     must not attach a server to the tenant);
+//   - publish: the JetStream API of the tenant's history stream only
+//     (HistoryStream): $JS.API.STREAM.INFO|CREATE|UPDATE.<stream> to
+//     provision it and $JS.API.DIRECT.GET.<stream> to read history and the
+//     latest state. Not STREAM.DELETE or PURGE (the stream also denies
+//     them), not other streams, not consumers or $JS.API.INFO: the adapter
+//     sends nothing else. And commands, fleet.*.veh.*.cmd.>. Not the
+//     vehicles' state/evt/agent trees: the service user cannot spoof a
+//     vehicle's telemetry, live or into history (ingest.> is not allowed
+//     either);
+//   - subscribe: live telemetry fleet.*.veh.*.state.> and fleet.*.veh.*.evt.>,
+//     command replies under fleet.*.veh.*.rpl.svc.> (ServiceReplyPrefix;
+//     a reply in the vehicle's own tree is the only kind that crosses a
+//     leaf link, see CommandReplies), and its own reply inbox
+//     _INBOX.svc.<name>.> (ServiceInboxPrefix: the connection must set
+//     nats.CustomInboxPrefix) for JetStream API and direct get replies.
+//     Never "_INBOX.>", which would show it every other client's replies.
+//
+// No allow_responses: the service user answers no requests (JetStream
+// replies to it are the server's, not subject to its permissions). A
+// broader need (another stream, agent health) widens this template, and
+// with it every service user of every tenant on the next account push.
 func ServiceScope(signingKeyPub string) *jwt.UserScope {
 	s := jwt.NewUserScope()
 	s.Key = signingKeyPub
 	s.Role = RoleService
-	s.Description = "Fleetplane control plane service user"
+	s.Description = "Fleetplane control plane service user: history stream, commands, live telemetry, own inbox"
 	t := &s.Template
-	t.AllowedConnectionTypes.Add(jwt.ConnectionTypeStandard, jwt.ConnectionTypeInProcess)
-	t.Pub.Allow.Add(SubjectRoot+".>", "$JS.API.>", "$JS.ACK.>")
-	t.Sub.Allow.Add(SubjectRoot+".>", "_INBOX.>")
+	t.AllowedConnectionTypes.Add(jwt.ConnectionTypeStandard)
+	vehicles := SubjectRoot + ".*.veh.*."
+	t.Pub.Allow.Add(
+		"$JS.API.STREAM.INFO."+HistoryStream,
+		"$JS.API.STREAM.CREATE."+HistoryStream,
+		"$JS.API.STREAM.UPDATE."+HistoryStream,
+		"$JS.API.DIRECT.GET."+HistoryStream,
+		vehicles+string(CategoryCommands)+".>",
+	)
+	t.Sub.Allow.Add(
+		vehicles+string(CategoryState)+".>",
+		vehicles+string(CategoryEvents)+".>",
+		vehicles+replyToken+".svc.>",
+		serviceInboxRoot+".{{name()}}.>",
+	)
 	return s
 }
 
 // ServiceInboxPrefix is the reply-inbox prefix of the control plane's
 // service users named name (nats.CustomInboxPrefix): _INBOX.svc.<name>, a
-// sub-tree of "_INBOX." apart from the vehicles' (_INBOX.veh.<vid>), so
-// that a service scope can be narrowed to its own inboxes.
-func ServiceInboxPrefix(name string) string { return "_INBOX.svc." + name }
+// sub-tree of "_INBOX." apart from the vehicles' (_INBOX.veh.<vid>), to
+// which ServiceScope confines their subscriptions.
+func ServiceInboxPrefix(name string) string { return serviceInboxRoot + "." + name }
 
 // RevokeUser returns a copy of revs with userPub (or "*") revoked as of at:
 // JWTs of that key issued at or before at are refused. An existing later

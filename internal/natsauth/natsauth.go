@@ -79,6 +79,9 @@ var (
 	tagValueRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 	// grantNameRe: the grant name is a subject token of its reply subjects.
 	grantNameRe = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+	// serviceNameRe: the service user's name is a token of its inbox
+	// subjects (ServiceInboxPrefix) through the {{name()}} template.
+	serviceNameRe = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 )
 
 // Key is an nkey: its public key and seed. The seed is secret: seal it before

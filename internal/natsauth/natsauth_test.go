@@ -158,8 +158,19 @@ func TestIssueAccountJWT(t *testing.T) {
 	if gs, ok := ac.SigningKeys.GetScope(keys.Grant.Public); !ok || gs != nil {
 		t.Errorf("grant key: present=%v scope=%v (want present, unscoped)", ok, gs)
 	}
-	if ss, ok := ac.SigningKeys.GetScope(keys.Service.Public); !ok || ss == nil || ss.(*jwt.UserScope).Role != natsauth.RoleService {
-		t.Error("service key missing or unscoped")
+	ss, ok := ac.SigningKeys.GetScope(keys.Service.Public)
+	if !ok || ss == nil || ss.(*jwt.UserScope).Role != natsauth.RoleService {
+		t.Fatal("service key missing or unscoped")
+	}
+	// Exactly what controlplane/twin needs (TestServiceUserScope shows it
+	// on a server); TCP only (in-process is not used).
+	st := ss.(*jwt.UserScope).Template
+	wantPub = jwt.StringList{"$JS.API.STREAM.INFO.TWIN", "$JS.API.STREAM.CREATE.TWIN", "$JS.API.STREAM.UPDATE.TWIN",
+		"$JS.API.DIRECT.GET.TWIN", "fleet.*.veh.*.cmd.>"}
+	wantSub = jwt.StringList{"fleet.*.veh.*.state.>", "fleet.*.veh.*.evt.>", "fleet.*.veh.*.rpl.svc.>", "_INBOX.svc.{{name()}}.>"}
+	if !reflect.DeepEqual(st.Pub.Allow, wantPub) || !reflect.DeepEqual(st.Sub.Allow, wantSub) || st.Resp != nil ||
+		len(st.Pub.Deny) != 0 || len(st.Sub.Deny) != 0 || !slices.Equal(st.AllowedConnectionTypes, jwt.StringList{"STANDARD"}) {
+		t.Errorf("service template pub %v sub %v resp %v types %v", st.Pub, st.Sub, st.Resp, st.AllowedConnectionTypes)
 	}
 
 	// JetStream stays off without disk.
@@ -315,8 +326,10 @@ func TestIssueServiceJWT(t *testing.T) {
 	if !uc.HasEmptyPermissions() || uc.Name != "cp" || uc.Issuer != keys.Service.Public {
 		t.Errorf("service user %+v", uc)
 	}
-	if _, err := natsauth.IssueServiceJWT(mustKP(t, keys.Service), keys.Account.Public, user, "", time.Now().Add(time.Hour)); err == nil {
-		t.Error("empty name accepted")
+	for _, name := range []string{"", "a.b", "cp.>", "a b", "*", strings.Repeat("x", 65)} {
+		if _, err := natsauth.IssueServiceJWT(mustKP(t, keys.Service), keys.Account.Public, user, name, time.Now().Add(time.Hour)); err == nil {
+			t.Errorf("name %q accepted: it is a token of the inbox subjects", name)
+		}
 	}
 	if _, err := natsauth.IssueServiceJWT(mustKP(t, keys.Service), keys.Account.Public, user, "cp", time.Time{}); err == nil {
 		t.Error("no expiry accepted")

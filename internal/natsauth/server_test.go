@@ -130,7 +130,9 @@ func TestVehicleLeafPermissions(t *testing.T) {
 	leaf := natstest.RunVehicleLeaf(t, h.srv, tn.Vehicle(t, vehicle("acme", vid), time.Time{}))
 	natstest.WaitLeafCount(t, h.srv, 1, 5*time.Second)
 
-	svc := natstest.Connect(t, h.srv.ClientURL(), tn.Service(t, "cp"))
+	// An all-powerful hub-side client: what crosses is up to the vehicle's
+	// permissions alone.
+	svc := natstest.Connect(t, h.srv.ClientURL(), tn.Admin(t))
 	local := connectLocal(t, leaf, nats.CustomInboxPrefix(natsauth.VehicleInboxPrefix(vid)))
 
 	// Leaf → hub: own tree only.
@@ -162,7 +164,8 @@ func TestVehicleLeafPermissions(t *testing.T) {
 	expectOnly(t, hubSub, own+".state.marker")
 
 	// Hub → leaf: commands for this vehicle only; request/reply works with
-	// a reply subject in the vehicle's tree (natsauth.CommandReplies).
+	// a reply subject in the vehicle's tree (natsauth.CommandReplies), as
+	// the control plane's service user sends them.
 	cmdSub, err := local.Subscribe(own+".cmd.>", func(m *nats.Msg) { _ = m.Respond([]byte("ack " + m.Subject)) })
 	if err != nil {
 		t.Fatal(err)
@@ -278,6 +281,225 @@ func TestVehicleLeafPermissions(t *testing.T) {
 	}
 }
 
+// permErrors collects a connection's asynchronous permission violations.
+type permErrors struct {
+	mu   sync.Mutex
+	errs []string
+}
+
+func (p *permErrors) handler(_ *nats.Conn, _ *nats.Subscription, err error) {
+	if errors.Is(err, nats.ErrPermissionViolation) {
+		p.mu.Lock()
+		p.errs = append(p.errs, err.Error())
+		p.mu.Unlock()
+	}
+}
+
+// wait waits for the server's violation of op ("Publish" or
+// "Subscription") on subject.
+func (p *permErrors) wait(t *testing.T, op, subject string) {
+	t.Helper()
+	want := strings.ToLower(fmt.Sprintf("%s to %q", op, subject))
+	until(t, 3*time.Second, "permissions violation for "+want, func() error {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for _, e := range p.errs {
+			if strings.Contains(strings.ToLower(e), want) {
+				return nil
+			}
+		}
+		return errors.New("none yet")
+	})
+}
+
+// The control plane's service user (ServiceScope) can do exactly what
+// controlplane/twin does — provision the history stream, read it by direct
+// get, watch live state and events, command a vehicle and get its reply —
+// and nothing else: no spoofed vehicle telemetry, no other inboxes, no other
+// JetStream API, no leaf link.
+func TestServiceUserScope(t *testing.T) {
+	t.Parallel()
+	h := newHub(t)
+	tn := h.tenant(t, "acme", natsauth.Unlimited())
+	const vid = "V1"
+	own := natsauth.VehicleSubjectPrefix("prod", vid)
+	leaf := natstest.RunVehicleLeaf(t, h.srv, tn.Vehicle(t, vehicle("acme", vid), time.Time{}))
+	natstest.WaitLeafCount(t, h.srv, 1, 5*time.Second)
+	local := connectLocal(t, leaf, nats.CustomInboxPrefix(natsauth.VehicleInboxPrefix(vid)))
+	if _, err := local.Subscribe(own+".cmd.>", func(m *nats.Msg) { _ = m.Respond([]byte("ack " + m.Subject)) }); err != nil {
+		t.Fatal(err)
+	}
+	_ = local.Flush()
+	admin := natstest.Connect(t, h.srv.ClientURL(), tn.Admin(t))
+	var perms permErrors
+	svc := natstest.Connect(t, h.srv.ClientURL(), tn.Service(t, "cp"),
+		nats.CustomInboxPrefix(natsauth.ServiceInboxPrefix("cp")), nats.ErrorHandler(perms.handler))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	// Provision: info (not found yet), create, update — as EnsureStream.
+	js, err := jetstream.New(svc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Stream(ctx, natsauth.HistoryStream); !errors.Is(err, jetstream.ErrStreamNotFound) {
+		t.Fatalf("stream info before create: %v", err)
+	}
+	cfg := jetstream.StreamConfig{
+		Name: natsauth.HistoryStream, Subjects: []string{natsauth.IngestStreamSubjects}, Storage: jetstream.MemoryStorage,
+		SubjectTransform: &jetstream.SubjectTransformConfig{
+			Source: natsauth.IngestTransformSource, Destination: natsauth.IngestTransformDestination,
+		},
+		Duplicates: time.Minute, AllowDirect: true, DenyDelete: true, DenyPurge: true,
+	}
+	if _, err := js.CreateStream(ctx, cfg); err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	cfg.MaxAge = time.Hour
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatalf("update: %v", err)
+	}
+	if _, err := admin.Request("$JS.API.STREAM.CREATE.OTHER", []byte(`{"name":"OTHER","subjects":["other.>"],"storage":"memory","allow_direct":true}`), 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+
+	// Live state and events, and history through the vehicle's forwarder.
+	live, err := svc.SubscribeSync(natsauth.VehicleSubjectPrefix("prod", "*") + ".state.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	events, err := svc.SubscribeSync(own + ".evt.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = svc.Flush()
+	publishUntilSeen(t, local, own+".state.position", live)
+	_ = local.Publish(own+".evt.armed", nil)
+	if m, err := events.NextMsg(2 * time.Second); err != nil || m.Subject != own+".evt.armed" {
+		t.Fatalf("live event: %v, %v", m, err)
+	}
+	ljs, err := jetstream.New(local)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ingest, _ := natsauth.IngestSubjectFor(own + ".state.position")
+	if _, err := ljs.Publish(ctx, ingest, []byte(`{"lat":1}`), jetstream.WithMsgID(vid+"-1")); err != nil {
+		t.Fatal(err)
+	}
+
+	// History: one batch direct get, answered in the service user's inbox.
+	inbox := svc.NewInbox()
+	if !strings.HasPrefix(inbox, natsauth.ServiceInboxPrefix("cp")+".") {
+		t.Fatalf("inbox %s", inbox)
+	}
+	got, err := svc.SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.PublishRequest("$JS.API.DIRECT.GET."+natsauth.HistoryStream, inbox, []byte(`{"seq":1,"next_by_subj":"`+own+`.>","batch":10}`)); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := got.NextMsg(2 * time.Second); err != nil || m.Header.Get("Nats-Subject") != own+".state.position" || string(m.Data) != `{"lat":1}` {
+		t.Fatalf("direct get: %+v, %v", m, err)
+	}
+	if m, err := got.NextMsg(2 * time.Second); err != nil || m.Header.Get("Status") != "204" {
+		t.Fatalf("direct get end of batch: %+v, %v", m, err)
+	}
+
+	// A command with its reply under ServiceReplyPrefix, as Twin.Request.
+	reply := natsauth.ServiceReplyPrefix("prod", vid) + ".r1"
+	replies, err := svc.SubscribeSync(reply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = svc.Flush()
+	if err := svc.PublishRequest(own+".cmd.arm", reply, []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := replies.NextMsg(3 * time.Second); err != nil || string(m.Data) != "ack "+own+".cmd.arm" {
+		t.Fatalf("command reply: %+v, %v", m, err)
+	}
+	perms.mu.Lock()
+	if len(perms.errs) > 0 {
+		t.Fatalf("permission errors on allowed operations: %v", perms.errs)
+	}
+	perms.mu.Unlock()
+
+	// Not: spoofing the vehicle's live telemetry or its history, or anything
+	// outside the commands.
+	spy, err := admin.SubscribeSync(">")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = admin.Flush()
+	spoofs := []string{own + ".state.position", own + ".evt.alert", own + ".agent.link", own + ".rpl.svc.x", ingest, "other.x"}
+	for _, s := range spoofs {
+		_ = svc.Publish(s, []byte("spoof"))
+	}
+	_ = svc.Publish(own+".cmd.marker", nil)
+	expectOnly(t, spy, own+".cmd.marker")
+	for _, s := range spoofs {
+		perms.wait(t, "Publish", s)
+	}
+
+	// Not: other inboxes, other parts of the tree.
+	deniedSubs := []string{"_INBOX.>", "_INBOX.svc.other.>", natsauth.VehicleInboxPrefix(vid) + ".>", "fleet.>", own + ".cmd.>", own + ".agent.>", "$JS.API.>"}
+	seen := make(chan *nats.Msg, 64)
+	for _, s := range append(deniedSubs, own+".state.marker") {
+		if _, err := svc.ChanSubscribe(s, seen); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = svc.Flush()
+	for _, s := range deniedSubs {
+		perms.wait(t, "Subscription", s)
+	}
+	for _, s := range []string{"_INBOX.abc", "_INBOX.svc.other.abc", natsauth.VehicleInboxPrefix(vid) + ".abc", own + ".cmd.x", own + ".agent.x", own + ".state.marker"} {
+		_ = admin.Publish(s, []byte("leak"))
+	}
+	_ = admin.Flush()
+	select {
+	case m := <-seen:
+		if m.Subject != own+".state.marker" {
+			t.Fatalf("service user received %s", m.Subject)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("marker not received")
+	}
+
+	// Not: any other JetStream API, nor the history stream's destructive one.
+	for _, s := range []string{
+		"$JS.API.STREAM.DELETE." + natsauth.HistoryStream,
+		"$JS.API.STREAM.PURGE." + natsauth.HistoryStream,
+		"$JS.API.STREAM.MSG.DELETE." + natsauth.HistoryStream,
+		"$JS.API.STREAM.MSG.GET." + natsauth.HistoryStream,
+		"$JS.API.CONSUMER.CREATE." + natsauth.HistoryStream,
+		"$JS.API.DIRECT.GET." + natsauth.HistoryStream + "." + own + ".state.position",
+		"$JS.API.STREAM.INFO.OTHER", "$JS.API.STREAM.UPDATE.OTHER", "$JS.API.STREAM.DELETE.OTHER", "$JS.API.DIRECT.GET.OTHER",
+		"$JS.API.STREAM.CREATE.NEW", "$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.ACK.TWIN.x.1.1.1.1.0",
+	} {
+		_ = svc.PublishRequest(s, svc.NewInbox(), []byte(`{}`))
+		perms.wait(t, "Publish", s)
+	}
+	// Both streams are intact; the history holds the forwarded message only
+	// (not the spoofed ingest publish).
+	ajs, _ := jetstream.New(admin)
+	for name, want := range map[string]uint64{natsauth.HistoryStream: 1, "OTHER": 0} {
+		if s, err := ajs.Stream(ctx, name); err != nil || s.CachedInfo().State.Msgs != want {
+			t.Errorf("stream %s after the denied calls: %v, want %d messages", name, err, want)
+		}
+	}
+
+	// Not: a leaf link. (In-process is excluded too, see
+	// TestIssueAccountJWT; a refused in-process connect blocks nats.go for
+	// 10 s, too slow to show here.)
+	refused := natstest.RunLeaf(t, natstest.LeafURL(t, h.srv), natstest.WriteCreds(t, tn.Service(t, "cp")))
+	time.Sleep(500 * time.Millisecond)
+	if refused.NumLeafNodes() != 0 || h.srv.NumLeafNodes() != 1 {
+		t.Error("the service user's creds opened a leaf link")
+	}
+}
+
 // (b) Vehicle creds are for leaf links only.
 func TestVehicleCredsRefusedAsClient(t *testing.T) {
 	t.Parallel()
@@ -307,10 +529,11 @@ func TestTenantIsolation(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 
-	// Tenant B: a service user that sees all of B's tree, and a stream.
-	svcB := natstest.Connect(t, h.srv.ClientURL(), b.Service(t, "cp"))
+	// Tenant B: an admin that sees all of B's tree, and a stream named like
+	// every tenant's history stream.
+	svcB := natstest.Connect(t, h.srv.ClientURL(), b.Admin(t))
 	jsB, _ := jetstream.New(svcB)
-	if _, err := jsB.CreateStream(ctx, jetstream.StreamConfig{Name: "B_HISTORY", Subjects: []string{"fleet.>"}, Storage: jetstream.MemoryStorage}); err != nil {
+	if _, err := jsB.CreateStream(ctx, jetstream.StreamConfig{Name: natsauth.HistoryStream, Subjects: []string{"fleet.>"}, Storage: jetstream.MemoryStorage}); err != nil {
 		t.Fatal(err)
 	}
 	bSees, err := svcB.SubscribeSync("fleet.>")
@@ -319,7 +542,7 @@ func TestTenantIsolation(t *testing.T) {
 	}
 	_ = svcB.Flush()
 
-	// Tenant A: a vehicle leaf, a grant (read all, command V1), its service user.
+	// Tenant A: a vehicle leaf, a grant (read all, command V1), an admin.
 	leaf := natstest.RunVehicleLeaf(t, h.srv, a.Vehicle(t, vehicle("a", "V1"), time.Time{}))
 	natstest.WaitLeafCount(t, h.srv, 1, 5*time.Second)
 	local := connectLocal(t, leaf, nats.CustomInboxPrefix(natsauth.VehicleInboxPrefix("V1")))
@@ -340,7 +563,7 @@ func TestTenantIsolation(t *testing.T) {
 		asyncErrs = append(asyncErrs, err)
 		mu.Unlock()
 	}))
-	svcA := natstest.Connect(t, h.srv.ClientURL(), a.Service(t, "cp"))
+	svcA := natstest.Connect(t, h.srv.ClientURL(), a.Admin(t))
 	aSees, err := svcA.SubscribeSync("fleet.>")
 	if err != nil {
 		t.Fatal(err)
@@ -380,16 +603,20 @@ func TestTenantIsolation(t *testing.T) {
 
 	// A's principals try B's JetStream API.
 	for who, nc := range map[string]*nats.Conn{"grant": grant, "vehicle": local} {
-		for _, subj := range []string{"$JS.API.INFO", "$JS.API.STREAM.INFO.B_HISTORY", "$JS.API.STREAM.NAMES"} {
+		for _, subj := range []string{"$JS.API.INFO", "$JS.API.STREAM.INFO." + natsauth.HistoryStream, "$JS.API.STREAM.NAMES"} {
 			if m, err := nc.Request(subj, nil, 300*time.Millisecond); err == nil {
 				t.Errorf("%s reached %s: %s", who, subj, m.Data)
 			}
 		}
 	}
-	// Even A's service user, which may use the JetStream API, sees A's only.
-	jsA, _ := jetstream.New(svcA)
-	if _, err := jsA.Stream(ctx, "B_HISTORY"); !errors.Is(err, jetstream.ErrStreamNotFound) {
-		t.Errorf("tenant A looked up B's stream: %v", err)
+	// Even A's admin (the whole JetStream API) and A's service user (the
+	// history stream's API) see A's streams only.
+	svcUserA := natstest.Connect(t, h.srv.ClientURL(), a.Service(t, "cp"), nats.CustomInboxPrefix(natsauth.ServiceInboxPrefix("cp")))
+	for who, nc := range map[string]*nats.Conn{"admin": svcA, "service user": svcUserA} {
+		jsA, _ := jetstream.New(nc)
+		if _, err := jsA.Stream(ctx, natsauth.HistoryStream); !errors.Is(err, jetstream.ErrStreamNotFound) {
+			t.Errorf("tenant A's %s looked up B's stream: %v", who, err)
+		}
 	}
 
 	// Markers: each side's own path, published last.
@@ -411,7 +638,7 @@ func TestTenantIsolation(t *testing.T) {
 	_ = svcA.Publish("fleet.prod.veh.V1.cmd.marker", nil)
 	expectOnly(t, vSees, "fleet.prod.veh.V1.cmd.marker")
 
-	si, err := jsB.Stream(ctx, "B_HISTORY")
+	si, err := jsB.Stream(ctx, natsauth.HistoryStream)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -486,7 +713,7 @@ func TestGrantExpires(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = nc.Flush()
-	svc := natstest.Connect(t, h.srv.ClientURL(), tn.Service(t, "cp"))
+	svc := natstest.Connect(t, h.srv.ClientURL(), tn.Admin(t))
 	_ = svc.Publish("fleet.prod.veh.V1.state.position", []byte("before"))
 	if _, err := sub.NextMsg(time.Second); err != nil {
 		t.Fatalf("grant did not work before expiry: %v", err)

@@ -20,11 +20,19 @@ const (
 	IngestRoot = "ingest"
 	// IngestStreamSubjects is the subject filter of the hub ingest stream.
 	IngestStreamSubjects = IngestRoot + ".>"
+	// HistoryStream is the name of the hub ingest stream, a tenant's
+	// history (the "TWIN" stream of controlplane/twin) in every region.
+	// ServiceScope names it: the service user's JetStream permissions
+	// cover this stream only.
+	HistoryStream = "TWIN"
 	// vehicleInboxRoot is the reply-inbox namespace of vehicles: a sub-tree
 	// of the standard "_INBOX." whose second token ("veh") can never equal a
 	// nats.go inbox token (a 22-character NUID), so no vehicle ID produces
 	// another client's inbox.
 	vehicleInboxRoot = "_INBOX.veh"
+	// serviceInboxRoot is the reply-inbox namespace of service users
+	// (ServiceInboxPrefix), apart from the vehicles' for the same reason.
+	serviceInboxRoot = "_INBOX.svc"
 	// replyToken is the category of command replies:
 	// fleet.<env>.veh.<vid>.rpl.<requester...>. See CommandReplies.
 	replyToken = "rpl"

@@ -87,13 +87,14 @@ func IssueVehicleJWT(vehicleSigningKey nkeys.KeyPair, accountPub, userPub string
 }
 
 // IssueServiceJWT signs the control plane's per-tenant service user with the
-// service role key; its permissions come from ServiceScope.
+// service role key; its permissions come from ServiceScope, and it must use
+// ServiceInboxPrefix(name) as its inbox prefix.
 func IssueServiceJWT(serviceSigningKey nkeys.KeyPair, accountPub, userPub, name string, expires time.Time) (string, error) {
 	if err := checkUserIssuer(serviceSigningKey, RoleService, accountPub, userPub); err != nil {
 		return "", err
 	}
-	if name == "" {
-		return "", errors.New("natsauth: service user name is empty")
+	if !serviceNameRe.MatchString(name) {
+		return "", fmt.Errorf("natsauth: invalid service user name %q: want 1-64 characters of [A-Za-z0-9_-] (it is a token of its inbox subjects)", name)
 	}
 	if err := checkExpiry(expires); err != nil {
 		return "", err

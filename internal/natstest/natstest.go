@@ -5,7 +5,8 @@
 // account JWTs the way the control plane does ($SYS.REQ.CLAIMS.UPDATE).
 //
 // For tests only: every helper takes a testing.TB, fails it on error and
-// cleans up with tb.Cleanup. It may import natsauth, nats-server and nats.go.
+// cleans up with tb.Cleanup. It may import natsauth, nats-server, nats.go and
+// nats-io/jwt.
 // Set NATSTEST_LOG=1 to see the servers' logs.
 package natstest
 

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/fleetplane/fleetplane/internal/natsauth"
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 )
@@ -75,7 +76,10 @@ func (t *Tenant) Vehicle(tb testing.TB, v natsauth.VehicleIdentity, expires time
 	return u
 }
 
-// Service issues the tenant's service user, valid for an hour.
+// Service issues the tenant's service user, valid for an hour. It has the
+// control plane's narrow natsauth.ServiceScope: connect it with
+// nats.CustomInboxPrefix(natsauth.ServiceInboxPrefix(name)) for requests;
+// tests that need more use Admin.
 func (t *Tenant) Service(tb testing.TB, name string) natsauth.User {
 	tb.Helper()
 	u := newUser(tb)
@@ -85,6 +89,34 @@ func (t *Tenant) Service(tb testing.TB, name string) natsauth.User {
 	}
 	if u.JWT, err = natsauth.IssueServiceJWT(sk, t.Keys.Account.Public, u.Public, name, time.Now().Add(time.Hour)); err != nil {
 		tb.Fatalf("IssueServiceJWT: %v", err)
+	}
+	return u
+}
+
+// Admin issues an all-powerful user of the tenant, valid for an hour: no
+// permissions of its own, so every subject, the whole JetStream API and
+// every connection type. It exists only in tests (create arbitrary streams,
+// watch or inject anywhere in the tenant); the control plane's service user
+// is confined by natsauth.ServiceScope.
+//
+// It is signed with the grant role key, the account's only unscoped signing
+// key, with IssuerAccount set (as natsauth.IssueGrantJWT does, minus the
+// explicit permissions it requires). The account identity key cannot sign
+// users at all: the operator's strict signing key usage leaves it out of the
+// account's signers (nats-server accounts.go updateAccountClaims).
+func (t *Tenant) Admin(tb testing.TB) natsauth.User {
+	tb.Helper()
+	u := newUser(tb)
+	sk, err := t.Keys.Grant.KeyPair()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	uc := jwt.NewUserClaims(u.Public)
+	uc.Name = "test-admin"
+	uc.IssuerAccount = t.Keys.Account.Public
+	uc.Expires = time.Now().Add(time.Hour).Unix()
+	if u.JWT, err = uc.Encode(sk); err != nil {
+		tb.Fatalf("admin user JWT: %v", err)
 	}
 	return u
 }
