@@ -39,9 +39,10 @@ tools:
 	@test -x $(TOOLS)/nats || { echo "installing the nats CLI $(NATSCLI_VERSION) into $(TOOLS)"; \
 		GOBIN=$(TOOLS) $(GO) install github.com/nats-io/natscli/nats@$(NATSCLI_VERSION); }
 
-## run: the whole system locally (Postgres under ./.fleetplane, API on 127.0.0.1:8080, demo tenant)
+## run: the whole system locally (Postgres under ./.fleetplane, API on 127.0.0.1:8080, hub, demo tenant, SIM_VEHICLES simulated drones)
+SIM_VEHICLES ?= 3
 run: deps
-	$(GO) run ./cmd/fleetplane dev
+	$(GO) run ./cmd/fleetplane dev --sim-vehicles $(SIM_VEHICLES)
 
 ## test: every test, against a throwaway Postgres the tests start themselves
 test: deps

@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks for `make run` and `make test`:
 # the PostgreSQL server binaries (the tests start their own throwaway server
-# from them). Idempotent; does nothing when they are already present.
+# from them), curl (the install.sh tests run the real one-liner) and, best
+# effort, shellcheck (lints install.sh). Idempotent; does nothing when they
+# are already present.
 set -euo pipefail
 
 have_pg() {
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1
 }
 
-if have_pg; then
+pkgs=()
+have_pg || pkgs+=(postgresql)
+command -v curl >/dev/null 2>&1 || pkgs+=(curl ca-certificates)
+want_shellcheck=false
+command -v shellcheck >/dev/null 2>&1 || want_shellcheck=true
+if [ ${#pkgs[@]} -eq 0 ] && [ "$want_shellcheck" = false ]; then
 	exit 0
 fi
-echo "ensure-deps: PostgreSQL server binaries not found; installing the postgresql package" >&2
 if [ "$(id -u)" -ne 0 ]; then
 	SUDO=sudo
 else
@@ -19,7 +25,15 @@ else
 fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+if [ ${#pkgs[@]} -gt 0 ]; then
+	echo "ensure-deps: installing ${pkgs[*]}" >&2
+	$SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+fi
+if [ "$want_shellcheck" = true ]; then
+	$SUDO apt-get install -y -qq --no-install-recommends shellcheck >/dev/null 2>&1 ||
+		echo "ensure-deps: shellcheck not installable; the install.sh lint test will skip" >&2
+fi
+command -v curl >/dev/null 2>&1 || { echo "ensure-deps: curl still missing after install" >&2; exit 1; }
 # The Debian package starts a cluster of its own; the tests do not use it.
 if command -v pg_ctlcluster >/dev/null 2>&1; then
 	for v in /etc/postgresql/*/main; do

@@ -18,6 +18,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/fleetplane/fleetplane/controlplane"
+	"github.com/fleetplane/fleetplane/internal/agentdist"
 )
 
 // Config is the control plane's configuration. It is built here, in cmd/,
@@ -47,6 +48,14 @@ type Config struct {
 	VehicleCredentialTTL time.Duration `yaml:"vehicle_credential_ttl"`
 	MaxGrantTTL          time.Duration `yaml:"max_grant_ttl"`
 	JobWorkers           int           `yaml:"job_workers"`
+
+	// AgentDir holds the agent binaries served at /downloads/ for
+	// /install.sh: fleetplane-agent-linux-{arm64,amd64} and their .sha256
+	// files, as `make agents` writes them into dist/ (docs/install.md).
+	AgentDir string `yaml:"agent_dir"`
+	// agents is what /downloads/ serves: set by `fleetplane dev` (which may
+	// build the binaries), else made from AgentDir by agentDist.
+	agents *agentdist.Dir
 }
 
 // RegionConf is one hub region in the configuration.
@@ -137,6 +146,7 @@ func (c *Config) settings() []setting {
 		{name: "vehicle-credential-ttl", usage: "lifetime of a vehicle JWT (agents renew at half)", get: func() string { return c.VehicleCredentialTTL.String() }, set: durationSetter(&c.VehicleCredentialTTL)},
 		{name: "max-grant-ttl", usage: "longest grant lifetime", get: func() string { return c.MaxGrantTTL.String() }, set: durationSetter(&c.MaxGrantTTL)},
 		{name: "job-workers", usage: "background job workers", get: func() string { return strconv.Itoa(c.JobWorkers) }, set: intSetter(&c.JobWorkers)},
+		{name: "agent-dir", usage: "directory of the agent binaries served at /downloads/ for /install.sh (make agents writes dist/)", get: func() string { return c.AgentDir }, set: str(&c.AgentDir)},
 		{name: "shutdown-timeout", usage: "how long to drain requests on shutdown", get: func() string { return c.ShutdownTimeout.String() }, set: durationSetter(&c.ShutdownTimeout)},
 	}
 }
@@ -314,6 +324,11 @@ func (c *Config) Validate() error {
 	if c.JobWorkers < 1 || c.JobWorkers > 1000 {
 		errs = append(errs, fmt.Errorf("job_workers must be 1-1000, got %d", c.JobWorkers))
 	}
+	if c.AgentDir != "" {
+		if st, err := os.Stat(c.AgentDir); err != nil || !st.IsDir() {
+			errs = append(errs, fmt.Errorf("agent_dir %q must be a directory (of make agents output)", c.AgentDir))
+		}
+	}
 	for i := range c.Regions {
 		r := &c.Regions[i]
 		for _, u := range append(append([]string{}, r.LeafURLs...), r.ClientURLs...) {
@@ -338,6 +353,18 @@ func (c *Config) Validate() error {
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("invalid configuration: %w", err)
+	}
+	return nil
+}
+
+// agentDist is the agent directory /downloads/ serves (api.Options.Agents):
+// the one `fleetplane dev` set up, else AgentDir, else none (404).
+func (c *Config) agentDist() *agentdist.Dir {
+	if c.agents != nil {
+		return c.agents
+	}
+	if c.AgentDir != "" {
+		return agentdist.NewDir(c.AgentDir)
 	}
 	return nil
 }

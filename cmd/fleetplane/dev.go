@@ -19,6 +19,7 @@ import (
 	"github.com/fleetplane/fleetplane/controlplane"
 	"github.com/fleetplane/fleetplane/controlplane/natsissuer"
 	"github.com/fleetplane/fleetplane/controlplane/postgres"
+	"github.com/fleetplane/fleetplane/internal/agentdist"
 	"github.com/fleetplane/fleetplane/internal/devca"
 	"github.com/fleetplane/fleetplane/internal/hubnode"
 	"github.com/fleetplane/fleetplane/internal/pgserver"
@@ -239,6 +240,7 @@ func runDev(ctx context.Context, args []string, getenv func(string) string, stdo
 	hubClientAddr := fs.String("hub-client-addr", "127.0.0.1:4222", "the embedded hub's client listener (nats CLI, grants)")
 	hubLeafAddr := fs.String("hub-leaf-addr", "127.0.0.1:7422", "the embedded hub's leafnode listener (vehicles, TLS with the dev CA)")
 	hubNodes := fs.Int("hub-nodes", 1, "embedded hub nodes: 1, or 3 for a JetStream R3 cluster (the first listens on --hub-*-addr, the others on free ports)")
+	simVehicles := fs.Int("sim-vehicles", 0, "simulated vehicles to enroll and run in the demo fleet (the real agent code with a simulated autopilot each)")
 	cfg := defaultConfig()
 	cfg.HTTPAddr = "127.0.0.1:8080"
 	cfg.LogFormat = "text"
@@ -296,6 +298,8 @@ func runDev(ctx context.Context, args []string, getenv func(string) string, stdo
 		hub.stop()
 	}()
 	hub.region(&cfg.Regions[0])
+	// /downloads/ for the install one-liner: --agent-dir, else built here.
+	cfg.agents = agentdist.ForDev(ctx, agentdist.DevOptions{AgentDir: cfg.AgentDir, StateDir: *stateDir, Logger: logger})
 
 	a, err := newApp(ctx, cfg, logger)
 	if err != nil {
@@ -335,6 +339,32 @@ Try it:
 
 Ctrl-C stops everything, including the local Postgres.
 `, url, key, envPath, envPath, strings.Join(hub.client, ", "), strings.Join(hub.leaf, ", "), hub.ca.CAFile())
+	if *simVehicles > 0 {
+		if *simVehicles > 50 {
+			ln.Close()
+			return &usageError{"--sim-vehicles: at most 50 (the free plan allows 10 online)"}
+		}
+		// The agents enroll through this server, so they start once it
+		// serves; they stop before it does.
+		simCtx, simCancel := context.WithCancel(ctx)
+		simDone := make(chan func(), 1)
+		go func() {
+			stop, err := startSimVehicles(simCtx, a, url, key, *stateDir, *simVehicles, logger)
+			if err != nil {
+				if simCtx.Err() == nil {
+					logger.Error("simulated vehicles did not start", "err", err)
+				}
+				stop = func() {}
+			} else {
+				fmt.Fprintf(stdout, "  %d simulated vehicles are flying in fleet \"demo\": curl -s -H \"Authorization: Bearer $FLEETPLANE_API_KEY\" $FLEETPLANE_URL/v1/fleets/demo/state\n", *simVehicles)
+			}
+			simDone <- stop
+		}()
+		defer func() {
+			simCancel()
+			(<-simDone)()
+		}()
+	}
 	return a.Serve(ctx, ln)
 }
 

@@ -112,3 +112,29 @@ func TestDevHubCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestDevSimVehicles is what a newcomer sees after `make run` with
+// --sim-vehicles: simulated vehicles enroll through the API with the real
+// agent code, show online, and their positions reach the fleet state.
+func TestDevSimVehicles(t *testing.T) {
+	state := t.TempDir()
+	base, _, stop := startRun(t, map[string]string{"DATABASE_URL": pgtest.NewURL(t)}, append(devArgs(state), "--sim-vehicles", "2")...)
+	key := readDevEnv(filepath.Join(state, "dev.env"))["FLEETPLANE_API_KEY"]
+	c := &client{t: t, base: base, key: key}
+	waitFor(t, 60*time.Second, "two simulated vehicles online with positions in the fleet state", func() bool {
+		st := c.do("GET", "/v1/fleets/demo/state", nil, 0)
+		items, _ := st["items"].([]any)
+		withPos := 0
+		for _, it := range items {
+			if m, _ := it.(map[string]any); m != nil && m["message"] != nil {
+				withPos++
+			}
+		}
+		v := c.do("GET", "/v1/fleets/demo/vehicles?online=true", nil, 0)
+		online, _ := v["items"].([]any)
+		return withPos == 2 && len(online) == 2
+	})
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}

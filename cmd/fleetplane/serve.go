@@ -148,6 +148,7 @@ func (a *app) wire(ctx context.Context) error {
 		EnrollRatePerMinute: cfg.EnrollRatePerMinute,
 		TrustProxyHeaders:   cfg.TrustProxyHeaders,
 		PublicURL:           cfg.PublicURL,
+		Agents:              cfg.agentDist(), // /downloads/ for /install.sh
 	})
 	return nil
 }

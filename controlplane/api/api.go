@@ -5,8 +5,8 @@
 //
 // Handlers return errors; one adapter (writeError) turns them into
 // application/problem+json through one table of error codes. The package
-// imports the domain (controlplane) and pure helpers (internal/httpx); it
-// never touches Postgres, NATS or Stripe, and no other adapter imports it
+// imports the domain (controlplane) and helpers (internal/httpx, and
+// internal/agentdist for /install.sh and /downloads/); it never touches Postgres, NATS or Stripe, and no other adapter imports it
 // but cmd/.
 package api
 
@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/fleetplane/fleetplane/controlplane"
+	"github.com/fleetplane/fleetplane/internal/agentdist"
 )
 
 // Options configure the API handler. The zero value is usable.
@@ -47,6 +48,9 @@ type Options struct {
 	// one-liner of new enrollment tokens (e.g. https://fleetplane.example.com);
 	// "" = the scheme and host the request came to.
 	PublicURL string
+	// Agents are the agent binaries served at /downloads/ for the install
+	// script (/install.sh); nil = downloads answer 404.
+	Agents *agentdist.Dir
 	// LiveHeartbeat is the interval of the comment lines that keep a
 	// GET /v1/fleets/{fleet}/live stream open through proxies; default 15 s.
 	LiveHeartbeat time.Duration
@@ -105,6 +109,7 @@ func (s *server) routes() {
 		r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.opts.Gatherer, promhttp.HandlerOpts{}))
 	}
 	r.Get("/v1/openapi.json", s.handle(s.openAPI))
+	s.installRoutes(r) // install.go: /install.sh, /downloads/{file}
 
 	signupLimit := s.rateLimiter(s.opts.SignupRatePerMinute, "signups")
 	r.With(signupLimit.Handler, s.idempotentPublic("signup", signupNote)).Post("/v1/signup", s.handle(s.signup))

@@ -105,20 +105,7 @@ func (s *server) revokeEnrollmentToken(w http.ResponseWriter, r *http.Request) e
 // installCommand is the one-liner that installs the agent with token. The
 // base URL is Options.PublicURL or else the one this request came to.
 func (s *server) installCommand(r *http.Request, token string) string {
-	base := strings.TrimRight(s.opts.PublicURL, "/")
-	if base == "" {
-		scheme := "http"
-		if r.TLS != nil {
-			scheme = "https"
-		}
-		if s.opts.TrustProxyHeaders {
-			if p := strings.ToLower(r.Header.Get("X-Forwarded-Proto")); p == "https" || p == "http" {
-				scheme = p
-			}
-		}
-		base = scheme + "://" + r.Host
-	}
-	return "curl -fsSL " + shellQuote(base+"/install.sh") + " | sudo sh -s -- --token " + shellQuote(token)
+	return "curl -fsSL " + shellQuote(s.publicBase(r)+"/install.sh") + " | sudo sh -s -- --token " + shellQuote(token)
 }
 
 // shellQuote returns s as one sh word: unchanged when it is plainly safe

@@ -339,7 +339,7 @@ func (v *validator) check(req *http.Request, reqBody []byte, res *http.Response,
 	if res.Header.Get("X-Request-ID") == "" {
 		msgs = append(msgs, "no X-Request-ID header")
 	}
-	if res.Header.Get("Content-Type") == "application/problem+json" {
+	if res.Header.Get("Content-Type") == "application/problem+json" && req.Method != http.MethodHead {
 		var p api.Problem
 		if err := json.Unmarshal(resBody, &p); err != nil {
 			msgs = append(msgs, "problem body: "+err.Error())
