@@ -4,8 +4,10 @@ package e2e_test
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -268,6 +270,21 @@ func TestAgentEnrollAndRun(t *testing.T) {
 			t.Fatalf("arm command: %v", err)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+	st, err := agent.FetchStatus(ctx, a.HTTPAddr())
+	if err != nil || st.Forward == nil || st.Forward.Forwarded == 0 || st.Forward.OrderViolations != 0 {
+		t.Fatalf("agent status forward counters: %+v, %v", st, err)
+	}
+	if resp, err := http.Get("http://" + a.HTTPAddr() + "/metrics"); err != nil {
+		t.Fatal(err)
+	} else {
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, m := range []string{"fleetplane_agent_forwarded_total", "fleetplane_agent_forward_order_violations_total 0"} {
+			if !strings.Contains(string(b), m) {
+				t.Errorf("agent /metrics lacks %s", m)
+			}
+		}
 	}
 	if !strings.Contains(string(res2.Reply), `"ok":true`) {
 		t.Fatalf("arm reply = %s", res2.Reply)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/fleetplane/fleetplane/edge/enroll"
+	"github.com/fleetplane/fleetplane/edge/forward"
 	"github.com/fleetplane/fleetplane/edge/leaf"
 	"github.com/fleetplane/fleetplane/edge/mavlink"
 	"github.com/nats-io/nats.go"
@@ -40,6 +41,8 @@ type ForwardEnv struct {
 	InboxPrefix   string
 	Logger        *slog.Logger
 	Registerer    prometheus.Registerer
+	// ReportStats lets the forwarder publish its counters to /status.
+	ReportStats func(func() forward.Stats)
 }
 
 // Forwarder runs until ctx ends; an error other than ctx's stops the agent.
@@ -82,6 +85,8 @@ type Agent struct {
 	httpLn  net.Listener
 	gw      *mavlink.Gateway
 	started time.Time
+	// fwdStats reads the forwarder's counters (nil until it runs).
+	fwdStats func() forward.Stats
 
 	mu     sync.Mutex
 	enr    *Enrollment
@@ -205,7 +210,8 @@ func Start(ctx context.Context, o Options) (_ *Agent, err error) {
 	if o.Forward != nil {
 		env := ForwardEnv{Local: a.local, Stream: leaf.StreamName, Domain: enr.JetStreamDomain, Hub: a.hub,
 			VehicleID: enr.Vehicle.VehicleID, SubjectPrefix: enr.SubjectPrefix, IngestSubject: enr.IngestSubject,
-			InboxPrefix: enr.InboxPrefix, Logger: a.log.With("component", "forward"), Registerer: a.m.reg}
+			InboxPrefix: enr.InboxPrefix, Logger: a.log.With("component", "forward"), Registerer: a.m.reg,
+			ReportStats: func(f func() forward.Stats) { a.mu.Lock(); a.fwdStats = f; a.mu.Unlock() }}
 		a.setForwarder("running")
 		a.goLoop(func() {
 			if err := o.Forward(rctx, env); err != nil && rctx.Err() == nil {

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/fleetplane/fleetplane/edge/forward"
 	"github.com/fleetplane/fleetplane/edge/leaf"
 )
 
@@ -29,6 +30,8 @@ type Status struct {
 	Rates         Rates       `json:"rates"`
 	Credentials   Credentials `json:"credentials"`
 	Forwarder     string      `json:"forwarder"`
+	// Forward is the forwarder's counters (nil before it runs).
+	Forward *forward.Stats `json:"forward,omitempty"`
 
 	sampled sampled
 }
@@ -79,6 +82,10 @@ func (a *Agent) Status() Status {
 	s.Vehicle, s.Fleet, s.Region = a.enr.Vehicle.VehicleID, a.enr.Vehicle.Fleet, a.enr.Region
 	s.Version, s.Started, s.ClientURL = a.opts.Version, a.started, a.leaf.ClientURL()
 	s.Credentials.ExpiresAt, s.Credentials.RenewAfter = a.enr.ExpiresAt, a.enr.RenewAfter
+	if a.fwdStats != nil {
+		fs := a.fwdStats()
+		s.Forward = &fs
+	}
 	return s
 }
 
@@ -123,6 +130,13 @@ func (s *Status) WriteText(w io.Writer) {
 	}
 	fmt.Fprintf(w, "backlog      %d messages, %s of %s%s\n", s.Backlog.Messages, bytesIEC(int64(s.Backlog.Bytes)), bytesIEC(s.Backlog.MaxBytes), full)
 	fmt.Fprintf(w, "forwarder    %s\n", s.Forwarder)
+	if f := s.Forward; f != nil {
+		fmt.Fprintf(w, "forwarded    %d (duplicates %d, retries %d, order violations %d, last hub seq %d)\n",
+			f.Forwarded, f.Duplicates, f.Retries, f.OrderViolations, f.LastHubSeq)
+		if f.LastError != "" {
+			fmt.Fprintf(w, "last error   %s\n", f.LastError)
+		}
+	}
 	fmt.Fprintf(w, "heartbeat    %s\n", ago(s.LastHeartbeat))
 	fmt.Fprintf(w, "rates        local in %.1f/s, stored %.1f/s, to hub %.1f/s, from hub %.1f/s\n",
 		s.Rates.LocalInPerSec, s.Rates.StoredPerSec, s.Rates.ToHubPerSec, s.Rates.FromHubPerSec)
