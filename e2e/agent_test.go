@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -17,18 +16,9 @@ import (
 	"time"
 
 	"github.com/fleetplane/fleetplane/controlplane"
-	"github.com/fleetplane/fleetplane/controlplane/api"
-	"github.com/fleetplane/fleetplane/controlplane/hubs"
-	"github.com/fleetplane/fleetplane/controlplane/natsissuer"
-	"github.com/fleetplane/fleetplane/controlplane/postgres"
-	"github.com/fleetplane/fleetplane/controlplane/twin"
 	"github.com/fleetplane/fleetplane/edge/agent"
 	"github.com/fleetplane/fleetplane/edge/sim"
-	"github.com/fleetplane/fleetplane/internal/devca"
-	"github.com/fleetplane/fleetplane/internal/hubnode"
-	"github.com/fleetplane/fleetplane/internal/password"
 	"github.com/fleetplane/fleetplane/internal/pgtest"
-	"github.com/fleetplane/fleetplane/internal/seal"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 )
@@ -47,102 +37,16 @@ func TestAgentEnrollAndRun(t *testing.T) {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 
-	// Control plane.
-	store := postgres.NewStore(pgtest.NewPool(t))
-	keys, err := seal.ParseKeyring("t1:" + seal.GenerateKey())
-	if err != nil {
-		t.Fatal(err)
-	}
-	op, err := natsissuer.NewOperator(keys, "e2e")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := store.CreateOperator(ctx, op); err != nil {
-		t.Fatal(err)
-	}
-	iss, err := natsissuer.New(keys, op)
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	// One hub node with a TLS leafnode listener from a dev CA.
-	ca, err := devca.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := ca.Issue("hub-1", devca.LocalHosts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leafTLS, err := hubnode.TLSFiles{CertFile: cert.CertFile, KeyFile: cert.KeyFile}.TLSConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	hub, err := hubnode.Start(hubnode.Config{Name: "hub-1", Region: "europe", Dir: t.TempDir(),
-		ClientHost: "127.0.0.1", ClientPort: -1, LeafHost: "127.0.0.1", LeafPort: -1, LeafTLS: leafTLS,
-		Trust: natsissuer.HubTrust(iss.Operator())})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { hub.Shutdown(); hub.WaitForShutdown() })
-	lz, err := hub.Varz(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leafURL := "tls://127.0.0.1:" + itoa(lz.LeafNode.Port)
-
-	h, err := hubs.New([]hubs.Node{{Name: "hub-1", URL: hub.ClientURL()}}, iss.SystemUserCreds(time.Hour), hubs.Options{Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(h.Close)
-	for h.Ready(ctx) != nil && ctx.Err() == nil {
-		time.Sleep(10 * time.Millisecond)
-	}
-	tw := twin.New(twin.Options{Logger: log})
-	t.Cleanup(tw.Close)
-	svc := controlplane.NewService(store, controlplane.Config{
-		Regions: []controlplane.Region{{Name: "europe", LeafURLs: []string{leafURL},
-			ClientURLs: []string{hub.ClientURL()}, CABundle: ca.Bundle()}},
-		PasswordParams: password.Params{Memory: 64, Time: 1, Threads: 1},
-		Issuer:         iss,
-		Hubs:           h,
-		Presence:       h,
-		Telemetry:      tw,
-	}, log)
-	pctx, pcancel := context.WithCancel(ctx)
-	presenceDone := make(chan struct{})
-	go func() { defer close(presenceDone); _ = svc.RunPresence(pctx) }()
-	t.Cleanup(func() { pcancel(); <-presenceDone })
-	srv := httptest.NewServer(api.New(svc, api.Options{Logger: log}))
-	t.Cleanup(srv.Close)
-
-	// A tenant, a fleet, a token.
-	sctx := controlplane.NewContextWithRequestMeta(ctx, controlplane.RequestMeta{SourceIP: "198.51.100.7", RequestID: "e2e"})
-	res, err := svc.Signup(sctx, controlplane.SignupRequest{Organisation: "Acme", Email: "ops@acme.example", Password: "correct horse battery"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := svc.Authenticate(sctx, res.APIKey.Secret)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tctx := controlplane.NewContextWithPrincipal(sctx, p)
-	if _, err := svc.CreateFleet(tctx, controlplane.FleetCreate{Slug: "drones", Environment: "prod"}); err != nil {
-		t.Fatal(err)
-	}
+	s := newStack(t, ctx)
+	svc, tctx, srv, hub, leafURL := s.svc, s.tctx, s.url, s.hub, s.leafURL
 	exp := time.Now().Add(time.Hour)
-	tok, err := svc.CreateEnrollmentToken(tctx, "drones", controlplane.EnrollmentTokenCreate{ExpiresAt: &exp, MaxUses: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
 
 	// The agent: enroll, then run on random local ports.
 	dir := t.TempDir()
-	if _, _, err := agent.Enroll(ctx, agent.EnrollOptions{Server: srv.URL, Token: "fpe_wrong_token", Dir: filepath.Join(dir, "etc"), DataDir: filepath.Join(dir, "var")}); err == nil || !strings.Contains(err.Error(), "enrollment token rejected") {
+	if _, _, err := agent.Enroll(ctx, agent.EnrollOptions{Server: srv, Token: "fpe_wrong_token", Dir: filepath.Join(dir, "etc"), DataDir: filepath.Join(dir, "var")}); err == nil || !strings.Contains(err.Error(), "enrollment token rejected") {
 		t.Fatalf("bad token: %v", err)
 	}
-	cfg, creds, err := agent.Enroll(ctx, agent.EnrollOptions{Server: srv.URL, Token: tok.Secret, VehicleID: "Drone-1",
+	cfg, creds, err := agent.Enroll(ctx, agent.EnrollOptions{Server: srv, Token: s.token, VehicleID: "Drone-1",
 		Dir: filepath.Join(dir, "etc"), DataDir: filepath.Join(dir, "var"), Version: "e2e"})
 	if err != nil {
 		t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http/httptest"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -28,6 +29,7 @@ import (
 	"github.com/fleetplane/fleetplane/internal/password"
 	"github.com/fleetplane/fleetplane/internal/pgtest"
 	"github.com/fleetplane/fleetplane/internal/seal"
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.yaml.in/yaml/v3"
@@ -37,15 +39,20 @@ import (
 // one TLS hub node, a tenant, a fleet "drones" (env prod) and a one-use
 // enrollment token.
 type stack struct {
-	svc   *controlplane.Service
-	tctx  context.Context // the tenant's principal
-	url   string          // the REST API
-	token string
+	svc     *controlplane.Service
+	tctx    context.Context // the tenant's principal
+	url     string          // the REST API
+	token   string
+	hub     *server.Server
+	leafURL string
 }
 
 func newStack(tb testing.TB, ctx context.Context) *stack {
 	tb.Helper()
 	log := slog.New(slog.DiscardHandler)
+	if os.Getenv("E2E_LOG") != "" {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
 	store := postgres.NewStore(pgtest.NewPool(tb))
 	keys, err := seal.ParseKeyring("t1:" + seal.GenerateKey())
 	if err != nil {
@@ -102,6 +109,10 @@ func newStack(tb testing.TB, ctx context.Context) *stack {
 		PasswordParams: password.Params{Memory: 64, Time: 1, Threads: 1},
 		Issuer:         iss, Hubs: h, Presence: h, Telemetry: tw,
 	}, log)
+	pctx, pcancel := context.WithCancel(ctx)
+	presenceDone := make(chan struct{})
+	go func() { defer close(presenceDone); _ = svc.RunPresence(pctx) }()
+	tb.Cleanup(func() { pcancel(); <-presenceDone })
 	srv := httptest.NewServer(api.New(svc, api.Options{Logger: log}))
 	tb.Cleanup(srv.Close)
 	sctx := controlplane.NewContextWithRequestMeta(ctx, controlplane.RequestMeta{SourceIP: "198.51.100.7", RequestID: "e2e"})
@@ -122,7 +133,7 @@ func newStack(tb testing.TB, ctx context.Context) *stack {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return &stack{svc: svc, tctx: tctx, url: srv.URL, token: tok.Secret}
+	return &stack{svc: svc, tctx: tctx, url: srv.URL, token: tok.Secret, hub: hub, leafURL: leafURL}
 }
 
 // agentBinary builds cmd/fleetplane-agent into dir (the Go build cache
