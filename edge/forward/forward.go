@@ -58,6 +58,18 @@ type Config struct {
 	// RetryBackoff is the pause before re-sending after a failure
 	// (default 250 ms).
 	RetryBackoff time.Duration
+	// Resume (optional) returns the Nats-Msg-Id of the vehicle's last
+	// message in hub history ("" if none). After the forwarder has been
+	// holding for longer than ResumeAfter it asks, right before a re-send
+	// pass, and acks every unacked local message up to that ID's local seq
+	// without re-sending it: they were stored, only their PubAcks were lost.
+	// This covers outages longer than the hub's dedupe window. An error is
+	// logged and the pass re-sends as usual (dedupe may still cover it).
+	Resume func(ctx context.Context) (lastMsgID string, err error)
+	// ResumeAfter is how long the forwarder must have been holding before
+	// it calls Resume (default 2 min); it calls it at most every
+	// ResumeAfter/4.
+	ResumeAfter time.Duration
 	// Logger (default slog.Default()).
 	Logger *slog.Logger
 }
@@ -70,6 +82,7 @@ type Stats struct {
 	Retries         uint64 // failures that held the forwarder and re-sent from the ack floor
 	Skipped         uint64 // local messages outside SubjectPrefix (acked, not forwarded)
 	OrderViolations uint64 // a re-sent message was new although a later one had been stored
+	Resumed         uint64 // local messages acked without re-sending: already in hub history (Resume)
 	LastHubSeq      uint64 // hub stream sequence of the last forwarded message
 	LastLocalSeq    uint64 // local stream sequence of the last forwarded message
 	LastError       string
@@ -85,6 +98,9 @@ type Forwarder struct {
 	// suspect is a local seq that failed while a later message was stored:
 	// its retry must be a duplicate.
 	suspect uint64
+	// holdingSince is when the current run of failures began (zero while
+	// forwarding works); lastResume is when Resume was last called.
+	holdingSince, lastResume time.Time
 }
 
 // New checks cfg and returns a Forwarder; Run starts it.
@@ -105,6 +121,9 @@ func New(cfg Config) (*Forwarder, error) {
 	}
 	if cfg.RetryBackoff <= 0 {
 		cfg.RetryBackoff = 250 * time.Millisecond
+	}
+	if cfg.ResumeAfter <= 0 {
+		cfg.ResumeAfter = 2 * time.Minute
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -132,9 +151,10 @@ func (f *Forwarder) update(fn func(*Stats)) {
 }
 
 type inflight struct {
-	msg    jetstream.Msg
-	seq    uint64
-	future jetstream.PubAckFuture
+	msg     jetstream.Msg
+	seq     uint64
+	future  jetstream.PubAckFuture
+	resumed bool // already in hub history: ack locally, never sent
 }
 
 // errHold is a failure that holds the forwarder: re-send from the ack floor.
@@ -147,10 +167,15 @@ func (e errHold) Error() string { return e.err.Error() }
 // (link down, hub errors) are retried forever, in order.
 func (f *Forwarder) Run(ctx context.Context) error {
 	for {
-		err := f.run(ctx)
+		err := f.run(ctx, f.resumePoint(ctx))
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		f.mu.Lock()
+		if f.holdingSince.IsZero() {
+			f.holdingSince = time.Now()
+		}
+		f.mu.Unlock()
 		var hold errHold
 		if !errors.As(err, &hold) && err != nil {
 			f.log.Warn("forwarder setup failed, retrying", "err", err)
@@ -164,9 +189,37 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	}
 }
 
+// resumePoint calls cfg.Resume when the forwarder has been holding for
+// longer than ResumeAfter (at most every ResumeAfter/4) and returns the hub's
+// last Msg-Id for this vehicle, or "".
+func (f *Forwarder) resumePoint(ctx context.Context) string {
+	if f.cfg.Resume == nil {
+		return ""
+	}
+	now := time.Now()
+	f.mu.Lock()
+	due := !f.holdingSince.IsZero() && now.Sub(f.holdingSince) > f.cfg.ResumeAfter &&
+		now.Sub(f.lastResume) >= f.cfg.ResumeAfter/4
+	if due {
+		f.lastResume = now
+	}
+	f.mu.Unlock()
+	if !due {
+		return ""
+	}
+	id, err := f.cfg.Resume(ctx)
+	if err != nil {
+		f.log.Warn("resume point unavailable, re-sending (hub dedupe may absorb it)", "err", err)
+		return ""
+	}
+	return id
+}
+
 // run is one pass: (re)attach the consumer at its ack floor, probe with one
 // message, then forward with the full window until the first failure.
-func (f *Forwarder) run(ctx context.Context) error {
+// Unacked local messages up to resumeID's local seq (same prefix and stream
+// creation) are acked without re-sending.
+func (f *Forwarder) run(ctx context.Context, resumeID string) error {
 	stream, err := f.cfg.Local.Stream(ctx, f.cfg.LocalStream)
 	if err != nil {
 		return fmt.Errorf("forward: local stream %s: %w", f.cfg.LocalStream, err)
@@ -188,6 +241,16 @@ func (f *Forwarder) run(ctx context.Context) error {
 	// (a previous pass or a crashed process) is re-sent in order.
 	if _, err := f.cfg.Local.ResetConsumer(ctx, f.cfg.LocalStream, f.cfg.Durable); err != nil {
 		return fmt.Errorf("forward: reset consumer: %w", err)
+	}
+
+	var resumeTo uint64
+	if rest, ok := strings.CutPrefix(resumeID, idPrefix); ok {
+		if n, err := strconv.ParseUint(rest, 10, 64); err == nil {
+			resumeTo = n
+			f.log.Info("resuming after the hub's last stored message", "msg_id", resumeID)
+		}
+	} else if resumeID != "" {
+		f.log.Info("hub's last message is of another local store, ignored", "msg_id", resumeID)
 	}
 
 	window := 1 // probe until the first PubAck of this pass
@@ -233,6 +296,10 @@ func (f *Forwarder) run(ctx context.Context) error {
 				}
 				lastFetched = seq
 				f.update(func(s *Stats) { s.Backlog = meta.NumPending + uint64(len(queue)) + 1 })
+				if seq <= resumeTo {
+					queue = append(queue, inflight{msg: m, seq: seq, resumed: true}) // in hub history already
+					continue
+				}
 				rest, ok := strings.CutPrefix(m.Subject(), f.cfg.SubjectPrefix+".")
 				if !ok {
 					f.log.Warn("not forwarding a message outside the vehicle's subjects", "subject", m.Subject(), "seq", seq)
@@ -263,7 +330,24 @@ func (f *Forwarder) run(ctx context.Context) error {
 				return errHold{fmt.Errorf("forward: local ack %d: %w", head.seq, err)}
 			}
 			queue = queue[1:]
-			f.update(func(s *Stats) { s.Skipped++ })
+			f.update(func(s *Stats) {
+				if !head.resumed {
+					s.Skipped++
+					return
+				}
+				s.Resumed++
+				s.LastLocalSeq = head.seq
+				if s.Backlog > 0 {
+					s.Backlog--
+				}
+			})
+			if head.resumed {
+				f.mu.Lock()
+				if f.suspect != 0 && f.suspect <= head.seq {
+					f.suspect = 0 // stored before: no re-send to check
+				}
+				f.mu.Unlock()
+			}
 			continue
 		}
 		var ack *jetstream.PubAck
@@ -305,6 +389,7 @@ func (f *Forwarder) settled(seq uint64, ack *jetstream.PubAck) {
 		}
 		f.suspect = 0
 	}
+	f.holdingSince = time.Time{}
 	f.st.Forwarded++
 	if ack.Duplicate {
 		f.st.Duplicates++

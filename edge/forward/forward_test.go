@@ -2,6 +2,7 @@ package forward_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -27,6 +28,9 @@ type proxy struct {
 	mu     sync.Mutex
 	cut    bool
 	conns  map[net.Conn]struct{}
+	// dropDown discards every byte from the hub to the leaf (publishes
+	// still reach the hub, their PubAcks never come back).
+	dropDown atomic.Bool
 }
 
 func newProxy(tb testing.TB, target string) *proxy {
@@ -65,8 +69,21 @@ func (p *proxy) accept() {
 		p.mu.Unlock()
 		pipe := func(dst, src net.Conn) { _, _ = io.Copy(dst, src); _ = dst.Close(); _ = src.Close() }
 		go pipe(up, c)
-		go pipe(c, up)
+		go pipe(&dropWriter{Conn: c, drop: &p.dropDown}, up)
 	}
+}
+
+// dropWriter discards writes while drop is set.
+type dropWriter struct {
+	net.Conn
+	drop *atomic.Bool
+}
+
+func (w *dropWriter) Write(b []byte) (int, error) {
+	if w.drop.Load() {
+		return len(b), nil
+	}
+	return w.Conn.Write(b)
 }
 
 // Cut closes every proxied connection and refuses new ones.
@@ -108,6 +125,12 @@ type rig struct {
 
 func newRig(tb testing.TB) *rig {
 	tb.Helper()
+	return newRigDedupe(tb, 2*time.Minute)
+}
+
+// newRigDedupe is newRig with the hub stream's dedupe window set.
+func newRigDedupe(tb testing.TB, dedupe time.Duration) *rig {
+	tb.Helper()
 	op := natstest.MustOperator(tb)
 	// No advertise: otherwise the leaf learns the hub's own leaf URL and
 	// reconnects around the proxy.
@@ -127,7 +150,7 @@ func newRig(tb testing.TB) *rig {
 		SubjectTransform: &jetstream.SubjectTransformConfig{
 			Source: natsauth.IngestTransformSource, Destination: natsauth.IngestTransformDestination,
 		},
-		Duplicates: 2 * time.Minute, AllowDirect: true, DenyDelete: true, DenyPurge: true,
+		Duplicates: dedupe, AllowDirect: true, DenyDelete: true, DenyPurge: true,
 	}); err != nil {
 		tb.Fatal(err)
 	}
@@ -189,6 +212,12 @@ func (r *rig) local() *nats.Conn {
 // startForwarder runs a forwarder until the returned stop is called.
 func (r *rig) startForwarder(window int) (*forward.Forwarder, func()) {
 	r.tb.Helper()
+	return r.startForwarderResume(window, nil, 0)
+}
+
+// startForwarderResume is startForwarder with Config.Resume/ResumeAfter.
+func (r *rig) startForwarderResume(window int, resume func(context.Context) (string, error), after time.Duration) (*forward.Forwarder, func()) {
+	r.tb.Helper()
 	lnc, hnc := r.local(), r.local()
 	ljs, err := jetstream.New(lnc)
 	if err != nil {
@@ -198,6 +227,7 @@ func (r *rig) startForwarder(window int) (*forward.Forwarder, func()) {
 		Local: ljs, LocalStream: localStream, Durable: durable, Hub: hnc,
 		IngestPrefix: natsauth.IngestSubject(env, vid), SubjectPrefix: natsauth.VehicleSubjectPrefix(env, vid),
 		MsgIDPrefix: vid, AckTimeout: time.Second, Window: window, RetryBackoff: 50 * time.Millisecond,
+		Resume: resume, ResumeAfter: after,
 	})
 	if err != nil {
 		r.tb.Fatal(err)
@@ -433,4 +463,105 @@ func TestWipedLocalStore(t *testing.T) {
 	if st := f.Stats(); st.Duplicates != 0 {
 		t.Fatalf("false dedupe: %+v", st)
 	}
+}
+
+// hubMsgs is the number of messages in hub history.
+func (r *rig) hubMsgs(tb testing.TB) uint64 {
+	tb.Helper()
+	info, err := r.twin.Info(context.Background())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+// lostPubAcks stores a burst on the hub whose PubAcks never reach the
+// vehicle, then cuts the link for longer than the hub's 2 s dedupe window (a
+// 1 s PubAck timeout: the first probe re-send is still deduped) and
+// restores it. It returns the forwarder and how many messages were published.
+func lostPubAcks(t *testing.T, withResume bool) (*rig, *forward.Forwarder, uint64) {
+	r := newRigDedupe(t, 2*time.Second)
+	var resume func(context.Context) (string, error)
+	if withResume {
+		// What the control plane's ingest-position endpoint does: the last
+		// message of the vehicle's subjects in hub history.
+		resume = func(ctx context.Context) (string, error) {
+			m, err := r.twin.GetLastMsgForSubject(ctx, natsauth.VehicleSubjectPrefix(env, vid)+".>")
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				return "", nil
+			}
+			if err != nil {
+				return "", err
+			}
+			return m.Header.Get(jetstream.MsgIDHeader), nil
+		}
+	}
+	f, _ := r.startForwarderResume(0, resume, 300*time.Millisecond)
+	p := newPublisher(t, r)
+	for i := 0; i < 20; i++ {
+		if err := p.publish(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.waitHub(t, 20, 20*time.Second)
+	// Stored, but the PubAcks are lost.
+	r.proxy.dropDown.Store(true)
+	for i := 0; i < 30; i++ {
+		if err := p.publish(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The forwarder sends what it fetched before the first PubAck timeout,
+	// then holds (probing): wait until some of the burst is stored.
+	deadline := time.Now().Add(10 * time.Second)
+	for r.hubMsgs(t) <= 20 {
+		if time.Now().After(deadline) {
+			t.Fatalf("hub holds %d messages, want > 20", r.hubMsgs(t))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(1500 * time.Millisecond) // a PubAck timeout: the forwarder holds
+	// A full outage longer than the dedupe window.
+	r.proxy.Cut()
+	r.proxy.dropDown.Store(false)
+	time.Sleep(4 * time.Second)
+	r.proxy.Restore()
+	for i := 0; i < 10; i++ {
+		if err := p.publish(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return r, f, p.acked.Load()
+}
+
+// 5. PubAcks lost and an outage longer than the hub's dedupe window: the
+// re-sent messages are stored twice unless the forwarder asks the hub's
+// resume point first.
+func TestLostPubAcksBeyondDedupe(t *testing.T) {
+	t.Parallel()
+	t.Run("without resume", func(t *testing.T) {
+		t.Parallel()
+		r, f, n := lostPubAcks(t, false)
+		deadline := time.Now().Add(15 * time.Second)
+		for f.Stats().LastLocalSeq < n {
+			if time.Now().After(deadline) {
+				t.Fatalf("not forwarded: %+v", f.Stats())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if got := r.hubMsgs(t); got <= n {
+			t.Fatalf("hub holds %d messages for %d published: the test did not produce duplicates (stats %+v)", got, n, f.Stats())
+		}
+		t.Logf("without resume: hub holds %d for %d published, stats %+v", r.hubMsgs(t), n, f.Stats())
+	})
+	t.Run("with resume", func(t *testing.T) {
+		t.Parallel()
+		r, f, n := lostPubAcks(t, true)
+		r.waitHub(t, n, 15*time.Second)
+		checkStats(t, f)
+		if st := f.Stats(); st.Resumed == 0 {
+			t.Fatalf("nothing resumed: %+v", st)
+		}
+		t.Logf("with resume: stats %+v", f.Stats())
+	})
 }
