@@ -853,26 +853,10 @@ func (s *Service) RenewAgent(ctx context.Context, in RenewRequest) (*VehicleCred
 	if err != nil {
 		return nil, err
 	}
-	if err := natsauth.ValidateUserPublicKey(in.PublicKey); err != nil {
-		return nil, fieldError("public_key", "%v", err)
-	}
-	sig, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(in.Signature, "="))
-	if err != nil || len(sig) == 0 {
-		return nil, fieldError("signature", "must be the base64url nkey signature of the nonce")
-	}
-	if in.Nonce == "" || len(in.Nonce) > 128 {
-		return nil, fieldError("nonce", "must be the nonce from POST /v1/agent/nonce")
-	}
-	now := s.now()
-	if err := s.store.ConsumeAgentNonce(ctx, in.PublicKey, in.Nonce, now); err != nil {
-		if ErrorCode(err) == ENOTFOUND {
-			return nil, Errorf(EUNAUTHORIZED, "unknown, used or expired nonce; request a new one")
-		}
+	if err := s.agentProof(ctx, in); err != nil {
 		return nil, err
 	}
-	if err := natsauth.VerifyUserSignature(in.PublicKey, []byte(in.Nonce), sig); err != nil {
-		return nil, Errorf(EUNAUTHORIZED, "the signature does not verify with this public key")
-	}
+	now := s.now()
 	var creds *VehicleCredentials
 	err = s.store.Tx(ctx, func(tx Store) error {
 		v, err := tx.FindVehicleByUserKey(ctx, in.PublicKey)
@@ -921,6 +905,78 @@ func (s *Service) RenewAgent(ctx context.Context, in RenewRequest) (*VehicleCred
 		return nil
 	})
 	return creds, err
+}
+
+// agentProof checks a proof of possession: the single-use nonce from
+// NewAgentNonce, signed with the vehicle's nkey. It consumes the nonce.
+func (s *Service) agentProof(ctx context.Context, in RenewRequest) error {
+	if err := natsauth.ValidateUserPublicKey(in.PublicKey); err != nil {
+		return fieldError("public_key", "%v", err)
+	}
+	sig, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(in.Signature, "="))
+	if err != nil || len(sig) == 0 {
+		return fieldError("signature", "must be the base64url nkey signature of the nonce")
+	}
+	if in.Nonce == "" || len(in.Nonce) > 128 {
+		return fieldError("nonce", "must be the nonce from POST /v1/agent/nonce")
+	}
+	if err := s.store.ConsumeAgentNonce(ctx, in.PublicKey, in.Nonce, s.now()); err != nil {
+		if ErrorCode(err) == ENOTFOUND {
+			return Errorf(EUNAUTHORIZED, "unknown, used or expired nonce; request a new one")
+		}
+		return err
+	}
+	if err := natsauth.VerifyUserSignature(in.PublicKey, []byte(in.Nonce), sig); err != nil {
+		return Errorf(EUNAUTHORIZED, "the signature does not verify with this public key")
+	}
+	return nil
+}
+
+// IngestPosition is the last message of a vehicle stored in hub history:
+// its forwarder's resume point after an outage longer than the hub's
+// dedupe window (ADR 0009).
+type IngestPosition struct {
+	MsgID    string // Nats-Msg-Id; "" = nothing stored
+	Sequence uint64
+	StoredAt *time.Time
+}
+
+// AgentIngestPosition returns the vehicle's last stored message in hub
+// history, for the key that signed a nonce from NewAgentNonce.
+func (s *Service) AgentIngestPosition(ctx context.Context, in RenewRequest) (*IngestPosition, error) {
+	if err := s.agentProof(ctx, in); err != nil {
+		return nil, err
+	}
+	v, err := s.store.FindVehicleByUserKey(ctx, in.PublicKey)
+	if ErrorCode(err) == ENOTFOUND {
+		return nil, Errorf(EUNAUTHORIZED, "no vehicle holds this key; enroll again")
+	} else if err != nil {
+		return nil, err
+	}
+	if v.Status != VehicleActive {
+		return nil, Errorf(EFORBIDDEN, "vehicle %q is %s", v.VehicleID, v.Status)
+	}
+	f, err := s.findFleet(ctx, s.store, v.TenantID, v.FleetSlug)
+	if err != nil {
+		return nil, err
+	}
+	tel, err := s.telemetry()
+	if err != nil {
+		return nil, err
+	}
+	msgs, err := tel.LastMessages(ctx, s.telemetryTarget(v.TenantID, f.Region),
+		LastQuery{Subjects: []string{natsauth.VehicleSubjectPrefix(f.Environment, v.VehicleID) + ".>"}})
+	if err != nil {
+		return nil, twinError(err, f.Region)
+	}
+	pos := &IngestPosition{}
+	for _, m := range msgs {
+		if m.Sequence > pos.Sequence {
+			at := m.StoredAt
+			pos.MsgID, pos.Sequence, pos.StoredAt = m.MsgID, m.Sequence, &at
+		}
+	}
+	return pos, nil
 }
 
 // PruneAgentNonces removes expired renewal challenges.

@@ -163,6 +163,9 @@ type TwinMessage struct {
 	// ReceivedAt is when the control plane received a live message.
 	ReceivedAt time.Time
 	Data       []byte // the payload as the vehicle sent it (JSON)
+	// MsgID is the stored message's Nats-Msg-Id (the forwarder's
+	// <vid>-<local stream>-<local seq>); "" for a live message.
+	MsgID string
 }
 
 // LastQuery asks for the last stored message of every subject matching

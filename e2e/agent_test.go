@@ -17,6 +17,7 @@ import (
 
 	"github.com/fleetplane/fleetplane/controlplane"
 	"github.com/fleetplane/fleetplane/edge/agent"
+	"github.com/fleetplane/fleetplane/edge/enroll"
 	"github.com/fleetplane/fleetplane/edge/sim"
 	"github.com/fleetplane/fleetplane/internal/pgtest"
 	"github.com/nats-io/nats.go"
@@ -163,6 +164,21 @@ func TestAgentEnrollAndRun(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	// The forwarder's resume point: the Nats-Msg-Id of the vehicle's last
+	// stored message, for the key that signs a nonce.
+	vkp, err := enroll.ReadSeed(cfg.SeedFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last, err := (&enroll.Client{Server: srv}).IngestPosition(ctx, vkp)
+	if err != nil || !strings.HasPrefix(last, "Drone-1-") {
+		t.Fatalf("ingest position = %q, %v", last, err)
+	}
+	other, _ := nkeys.CreateUser()
+	if _, err := (&enroll.Client{Server: srv}).IngestPosition(ctx, other); err == nil {
+		t.Fatal("a key no vehicle holds got an ingest position")
+	}
+
 	// An API command reaches the simulator and comes back with its ACK.
 	var res2 *controlplane.CommandResult
 	for {

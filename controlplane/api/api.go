@@ -120,6 +120,7 @@ func (s *server) routes() {
 	r.With(enrollLimit.Handler, s.idempotentPublic("enroll", nil)).Post("/v1/enroll", s.handle(s.enroll))
 	r.With(enrollLimit.Handler, s.idempotentPublic("agent", nil)).Post("/v1/agent/nonce", s.handle(s.createAgentNonce))
 	r.With(enrollLimit.Handler, s.idempotentPublic("agent", nil)).Post("/v1/agent/renew", s.handle(s.renewAgent))
+	r.With(enrollLimit.Handler).Post("/v1/agent/ingest-position", s.handle(s.agentIngestPosition))
 
 	r.Group(func(r chi.Router) {
 		r.Use(s.authenticate)

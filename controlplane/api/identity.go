@@ -173,6 +173,30 @@ func (s *server) renewAgent(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, vehicleCredentialsOut(c, ""))
 }
 
+func (s *server) agentIngestPosition(w http.ResponseWriter, r *http.Request) error {
+	if err := newQuery(r).err(); err != nil {
+		return err
+	}
+	var in RenewRequest
+	if err := s.decode(w, r, &in); err != nil {
+		return err
+	}
+	pos, err := s.svc.AgentIngestPosition(r.Context(), renewIn(in))
+	if err != nil {
+		return err
+	}
+	out := IngestPosition{StoredAt: pos.StoredAt}
+	if pos.MsgID != "" {
+		out.LastMsgId = &pos.MsgID
+	}
+	if pos.Sequence > 0 {
+		seq := int64(pos.Sequence)
+		out.LastSequence = &seq
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	return writeJSON(w, http.StatusOK, out)
+}
+
 // --- vehicle credentials and revocation ---
 
 func (s *server) issueVehicleCredentials(w http.ResponseWriter, r *http.Request) error {

@@ -870,6 +870,16 @@ type HubNodeHealth struct {
 	Up bool `json:"up"`
 }
 
+// IngestPosition defines model for IngestPosition.
+type IngestPosition struct {
+	// LastMsgId The `Nats-Msg-Id` of the vehicle's last stored message (`<vid>-<local stream>-<local seq>`); null when nothing is stored.
+	LastMsgId *string `json:"last_msg_id"`
+
+	// LastSequence Its sequence in the tenant's history stream.
+	LastSequence *int64     `json:"last_sequence"`
+	StoredAt     *time.Time `json:"stored_at"`
+}
+
 // KeyRole The role of a new API key; at most the caller's own.
 type KeyRole string
 
@@ -1543,6 +1553,9 @@ type SignupParams struct {
 	// IdempotencyKey Makes a POST safe to retry; see the introduction.
 	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
+
+// AgentIngestPositionJSONRequestBody defines body for AgentIngestPosition for application/json ContentType.
+type AgentIngestPositionJSONRequestBody = RenewRequest
 
 // CreateAgentNonceJSONRequestBody defines body for CreateAgentNonce for application/json ContentType.
 type CreateAgentNonceJSONRequestBody = AgentNonceRequest

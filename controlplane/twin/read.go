@@ -117,7 +117,8 @@ func twinMessage(m *nats.Msg) (*controlplane.TwinMessage, error) {
 	if err != nil {
 		return nil, errors.New("twin: direct get reply without a time stamp")
 	}
-	return &controlplane.TwinMessage{Subject: m.Header.Get(hdrSubject), Sequence: seq, StoredAt: ts.UTC(), Data: m.Data}, nil
+	return &controlplane.TwinMessage{Subject: m.Header.Get(hdrSubject), Sequence: seq, StoredAt: ts.UTC(), Data: m.Data,
+		MsgID: m.Header.Get("Nats-Msg-Id")}, nil
 }
 
 // LastMessages returns the last message of each subject matching q, in

@@ -43,6 +43,9 @@ type ForwardEnv struct {
 	Registerer    prometheus.Registerer
 	// ReportStats lets the forwarder publish its counters to /status.
 	ReportStats func(func() forward.Stats)
+	// Resume asks the control plane for the vehicle's last message in hub
+	// history (forward.Config.Resume).
+	Resume func(ctx context.Context) (string, error)
 }
 
 // Forwarder runs until ctx ends; an error other than ctx's stops the agent.
@@ -211,7 +214,8 @@ func Start(ctx context.Context, o Options) (_ *Agent, err error) {
 		env := ForwardEnv{Local: a.local, Stream: leaf.StreamName, Domain: enr.JetStreamDomain, Hub: a.hub,
 			VehicleID: enr.Vehicle.VehicleID, SubjectPrefix: enr.SubjectPrefix, IngestSubject: enr.IngestSubject,
 			InboxPrefix: enr.InboxPrefix, Logger: a.log.With("component", "forward"), Registerer: a.m.reg,
-			ReportStats: func(f func() forward.Stats) { a.mu.Lock(); a.fwdStats = f; a.mu.Unlock() }}
+			ReportStats: func(f func() forward.Stats) { a.mu.Lock(); a.fwdStats = f; a.mu.Unlock() },
+			Resume:      func(ctx context.Context) (string, error) { return a.client.IngestPosition(ctx, a.kp) }}
 		a.setForwarder("running")
 		a.goLoop(func() {
 			if err := o.Forward(rctx, env); err != nil && rctx.Err() == nil {

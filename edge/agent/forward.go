@@ -23,7 +23,7 @@ func StoreAndForward(ctx context.Context, env ForwardEnv) error {
 	f, err := forward.New(forward.Config{
 		Local: js, LocalStream: env.Stream, Durable: ForwarderDurable, Hub: env.Hub,
 		IngestPrefix: env.IngestSubject, SubjectPrefix: env.SubjectPrefix, MsgIDPrefix: env.VehicleID,
-		Logger: env.Logger,
+		Resume: env.Resume, Logger: env.Logger,
 	})
 	if err != nil {
 		return err

@@ -128,6 +128,23 @@ func (c *Client) Enroll(ctx context.Context, req Request) (*Credentials, error) 
 // Renew proves possession of kp (signs a fresh nonce) and returns a new JWT
 // for the same key.
 func (c *Client) Renew(ctx context.Context, kp nkeys.KeyPair) (*Credentials, error) {
+	body, err := c.proof(ctx, kp)
+	if err != nil {
+		return nil, fmt.Errorf("renew: %w", err)
+	}
+	var cr Credentials
+	if err := c.post(ctx, "/v1/agent/renew", "", body, &cr); err != nil {
+		return nil, fmt.Errorf("renew: %w", err)
+	}
+	if err := cr.Validate(); err != nil {
+		return nil, fmt.Errorf("renew: %w", err)
+	}
+	return &cr, nil
+}
+
+// proof gets a nonce and signs it with kp: the body of the agent's
+// authenticated calls (renew, ingest position).
+func (c *Client) proof(ctx context.Context, kp nkeys.KeyPair) (map[string]string, error) {
 	pub, err := kp.PublicKey()
 	if err != nil {
 		return nil, err
@@ -137,21 +154,33 @@ func (c *Client) Renew(ctx context.Context, kp nkeys.KeyPair) (*Credentials, err
 		ExpiresAt time.Time `json:"expires_at"`
 	}
 	if err := c.post(ctx, "/v1/agent/nonce", "", map[string]string{"public_key": pub}, &nonce); err != nil {
-		return nil, fmt.Errorf("renew: nonce: %w", err)
+		return nil, fmt.Errorf("nonce: %w", err)
 	}
 	sig, err := kp.Sign([]byte(nonce.Nonce))
 	if err != nil {
-		return nil, fmt.Errorf("renew: sign: %w", err)
+		return nil, fmt.Errorf("sign: %w", err)
 	}
-	body := map[string]string{"public_key": pub, "nonce": nonce.Nonce, "signature": base64.RawURLEncoding.EncodeToString(sig)}
-	var cr Credentials
-	if err := c.post(ctx, "/v1/agent/renew", "", body, &cr); err != nil {
-		return nil, fmt.Errorf("renew: %w", err)
+	return map[string]string{"public_key": pub, "nonce": nonce.Nonce, "signature": base64.RawURLEncoding.EncodeToString(sig)}, nil
+}
+
+// IngestPosition asks the control plane for the Nats-Msg-Id of this
+// vehicle's last message in hub history ("" when nothing is stored): the
+// forwarder's resume point after a long outage (ADR 0009).
+func (c *Client) IngestPosition(ctx context.Context, kp nkeys.KeyPair) (string, error) {
+	body, err := c.proof(ctx, kp)
+	if err != nil {
+		return "", fmt.Errorf("ingest position: %w", err)
 	}
-	if err := cr.Validate(); err != nil {
-		return nil, fmt.Errorf("renew: %w", err)
+	var out struct {
+		LastMsgID *string `json:"last_msg_id"`
 	}
-	return &cr, nil
+	if err := c.post(ctx, "/v1/agent/ingest-position", "", body, &out); err != nil {
+		return "", fmt.Errorf("ingest position: %w", err)
+	}
+	if out.LastMsgID == nil {
+		return "", nil
+	}
+	return *out.LastMsgID, nil
 }
 
 func (c *Client) post(ctx context.Context, path, idemKey string, in, out any) error {
