@@ -61,10 +61,7 @@ func DefaultPlanLimits(plan string) AccountLimits {
 }
 
 func (s *Service) planLimits(plan string) AccountLimits {
-	if l, ok := s.cfg.Plans[plan]; ok {
-		return l
-	}
-	return DefaultPlanLimits(plan)
+	return s.plan(plan).Limits
 }
 
 func (s *Service) issuer() (Issuer, error) {
@@ -611,6 +608,9 @@ func (s *Service) Enroll(ctx context.Context, in EnrollRequest) (*VehicleCredent
 		veh, err := tx.FindVehicle(ctx, tok.TenantID, f.ID, vid)
 		switch {
 		case ErrorCode(err) == ENOTFOUND:
+			if err := s.checkVehicleQuota(ctx, tx, tok.TenantID); err != nil {
+				return err
+			}
 			// Inserted already enrolled by bindVehicleKey (ID == 0).
 			veh = &Vehicle{TenantID: tok.TenantID, FleetID: f.ID, FleetSlug: f.Slug, VehicleID: vid,
 				Name: vid, Labels: map[string]string{}, Status: VehiclePending}
@@ -1139,6 +1139,9 @@ func (s *Service) CreateGrant(ctx context.Context, in GrantCreate) (*GrantCreate
 	}
 	out := &GrantCreated{}
 	err = s.store.Tx(ctx, func(tx Store) error {
+		if err := s.checkGrantQuota(ctx, tx, p.TenantID); err != nil {
+			return err
+		}
 		a, err := tx.FindAccount(ctx, p.TenantID, false)
 		if err != nil {
 			return err

@@ -425,15 +425,41 @@ func TestRenewWithProofOfPossession(t *testing.T) {
 	WantCode(t, err, controlplane.EUNAUTHORIZED)
 }
 
-func TestFreePlanEleventhLeafRefusedByHub(t *testing.T) {
+// TestPlanLeafLimitFollowsPlan: on the free plan the hub itself refuses
+// the 11th vehicle's leaf (account JWT limit); after ChangePlan(scale) it
+// connects. The 11th vehicle is enrolled on scale, then the tenant is
+// downgraded and its grace expired (the API would refuse it on free).
+func TestPlanLeafLimitFollowsPlan(t *testing.T) {
 	t.Parallel()
 	e := newIdentityEnv(t)
 	ctx := e.tenant(t, "Acme")
+	tn, err := e.svc.Tenant(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bg := context.Background()
+	if _, err := e.svc.ChangePlan(bg, tn.ID, controlplane.PlanScale); err != nil {
+		t.Fatal(err)
+	}
 	token := e.token(t, ctx, 20)
+	creds := make([]*controlplane.VehicleCredentials, controlplane.FreeVehicleLimit+1)
+	keys := make([]vehicleKey, len(creds))
+	for i := range creds {
+		keys[i] = newVehicleKey(t)
+		creds[i] = e.enroll(t, token, keys[i], fmt.Sprintf("V%02d", i))
+	}
+	if _, err := e.svc.ChangePlan(bg, tn.ID, controlplane.PlanFree); err != nil {
+		t.Fatal(err)
+	}
+	controlplane.SetNow(e.svc, func() time.Time { return time.Now().Add(controlplane.DefaultPlanGrace + time.Hour) })
+	if n, err := e.svc.ApplyPlanGraceExpiry(bg); err != nil || n != 1 {
+		t.Fatalf("ApplyPlanGraceExpiry = %d, %v", n, err)
+	}
+	controlplane.SetNow(e.svc, time.Now)
+
 	var leafs []*server.Server
-	for i := range controlplane.FreeVehicleLimit + 1 {
-		k := newVehicleKey(t)
-		leafs = append(leafs, e.runLeaf(t, e.enroll(t, token, k, fmt.Sprintf("V%02d", i)), k))
+	for i := range creds {
+		leafs = append(leafs, e.runLeaf(t, creds[i], keys[i]))
 		if i < controlplane.FreeVehicleLimit {
 			natstest.WaitLeafCount(t, e.hub, i+1, 5*time.Second)
 		}
@@ -445,6 +471,13 @@ func TestFreePlanEleventhLeafRefusedByHub(t *testing.T) {
 	if leafs[controlplane.FreeVehicleLimit].NumLeafNodes() != 0 {
 		t.Fatal("the 11th vehicle's leaf is connected")
 	}
+
+	// Scale: the account JWT loses its leaf limit; the 11th leaf (it
+	// retries every 100 ms) connects.
+	if _, err := e.svc.ChangePlan(bg, tn.ID, controlplane.PlanScale); err != nil {
+		t.Fatal(err)
+	}
+	natstest.WaitLeafCount(t, e.hub, controlplane.FreeVehicleLimit+1, 10*time.Second)
 }
 
 func TestGrantExpiresOnTheHub(t *testing.T) {

@@ -134,6 +134,15 @@ func (s *Service) ReconcileAccounts(ctx context.Context) (*ReconcileReport, erro
 	start := time.Now()
 	rep := &ReconcileReport{StartedAt: s.now()}
 	defer func() { rep.Duration = time.Since(start) }()
+	// Downgrade graces that ended get their plan's limits first (plan.go),
+	// so that this run already checks the new versions.
+	if s.cfg.Issuer != nil {
+		if n, err := s.ApplyPlanGraceExpiry(ctx); err != nil {
+			s.logger.WarnContext(ctx, "ending plan graces failed; the next run retries", "err", err)
+		} else if n > 0 {
+			s.logger.InfoContext(ctx, "plan graces ended", "tenants", n)
+		}
+	}
 	if s.cfg.Hubs == nil {
 		return rep, nil
 	}

@@ -38,9 +38,12 @@ type Config struct {
 	// Telemetry serves digital-twin reads, live updates and commands
 	// (nil = not configured: those endpoints answer 503).
 	Telemetry Telemetry
-	// Plans maps a plan name to its broker limits; missing plans use
-	// DefaultPlanLimits.
-	Plans map[string]AccountLimits
+	// Plans maps a plan name to what it gives (plan.go); missing plans
+	// use DefaultPlans.
+	Plans map[string]Plan
+	// PlanGrace is how long a downgrade keeps the old leaf limit (default
+	// DefaultPlanGrace).
+	PlanGrace time.Duration
 	// VehicleCredentialTTL is a vehicle JWT's lifetime (default 7 days);
 	// agents renew after half of it.
 	VehicleCredentialTTL time.Duration
@@ -567,6 +570,9 @@ func (s *Service) CreateVehicle(ctx context.Context, fleetSlug string, in Vehicl
 	err = s.store.Tx(ctx, func(tx Store) error {
 		f, err := s.findFleet(ctx, tx, p.TenantID, fleetSlug)
 		if err != nil {
+			return err
+		}
+		if err := s.checkVehicleQuota(ctx, tx, p.TenantID); err != nil {
 			return err
 		}
 		labels := in.Labels

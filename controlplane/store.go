@@ -19,6 +19,15 @@ type Store interface {
 
 	CreateTenant(ctx context.Context, t *Tenant) error // sets ID, CreatedAt, UpdatedAt
 	FindTenantByID(ctx context.Context, id string) (*Tenant, error)
+	// LockTenant is FindTenantByID locking the row until the transaction
+	// ends (FOR NO KEY UPDATE: serializes quota checks and plan changes).
+	LockTenant(ctx context.Context, id string) (*Tenant, error)
+	// UpdateTenantPlan stores t's Plan, GracePlan and GraceUntil.
+	UpdateTenantPlan(ctx context.Context, t *Tenant) error // sets UpdatedAt
+	// FindTenantsGraceExpired returns the IDs of tenants whose grace ended by at.
+	FindTenantsGraceExpired(ctx context.Context, at time.Time, limit int) ([]string, error)
+	// CountActiveGrants counts unrevoked grants not expired at at.
+	CountActiveGrants(ctx context.Context, tenantID string, at time.Time) (int, error)
 
 	// CreateUser stores u with its password hash ("" = no password set).
 	// An e-mail that exists answers ECONFLICT.

@@ -88,11 +88,10 @@ func (s *Service) serviceUser(ctx context.Context, tenantID string) (*ServiceUse
 
 // twinStreamSpec is the history stream a plan and its account limits give
 // in a region; ok is false when the account has no JetStream storage.
-func twinStreamSpec(plan string, l AccountLimits, r Region) (spec StreamSpec, ok bool) {
+func twinStreamSpec(p HistoryPolicy, l AccountLimits, r Region) (spec StreamSpec, ok bool) {
 	if l.JetStreamDisk == 0 {
 		return StreamSpec{}, false
 	}
-	p := DefaultHistoryPolicy(plan)
 	spec = StreamSpec{Name: TwinStream, Replicas: defaultTwinReplicas, MaxAge: p.Retention,
 		Duplicates: p.DedupeWindow, StorageBudget: natsauth.NoLimit}
 	if n := len(r.Nodes); n > 0 {
@@ -133,7 +132,7 @@ func (s *Service) provisionTenant(ctx context.Context, tenantID string) error {
 	var errs []error
 	for _, name := range regions {
 		r := s.region(name)
-		spec, ok := twinStreamSpec(t.Plan, a.Limits, r)
+		spec, ok := twinStreamSpec(s.plan(t.Plan).History, a.Limits, r)
 		if !ok {
 			s.logger.WarnContext(ctx, "the tenant's plan has no JetStream storage: no history stream", "tenant", tenantID, "plan", t.Plan)
 			return nil

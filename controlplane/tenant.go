@@ -14,11 +14,15 @@ func ValidPlan(p string) bool { return p == PlanFree || p == PlanScale }
 
 // Tenant is one customer organisation. Each tenant becomes one NATS account.
 type Tenant struct {
-	ID        string // UUID
-	Name      string
-	Plan      string
-	CreatedAt time.Time
-	UpdatedAt time.Time
+	ID   string // UUID
+	Name string
+	Plan string
+	// GracePlan and GraceUntil are set during a downgrade grace: the
+	// account keeps GracePlan's leaf limit until GraceUntil (plan.go).
+	GracePlan  string
+	GraceUntil *time.Time
+	CreatedAt  time.Time
+	UpdatedAt  time.Time
 }
 
 // User is a portal user, identified by e-mail. A user may belong to several

@@ -49,6 +49,11 @@ type Config struct {
 	MaxGrantTTL          time.Duration `yaml:"max_grant_ttl"`
 	JobWorkers           int           `yaml:"job_workers"`
 
+	// Plans override the built-in free and scale plans (plans.go,
+	// docs/plans.md); PlanGrace is the downgrade grace (default 168h).
+	Plans     map[string]PlanConf `yaml:"plans"`
+	PlanGrace time.Duration       `yaml:"plan_grace"`
+
 	// AgentDir holds the agent binaries served at /downloads/ for
 	// /install.sh: fleetplane-agent-linux-{arm64,amd64} and their .sha256
 	// files, as `make agents` writes them into dist/ (docs/install.md).
@@ -324,6 +329,7 @@ func (c *Config) Validate() error {
 	if c.JobWorkers < 1 || c.JobWorkers > 1000 {
 		errs = append(errs, fmt.Errorf("job_workers must be 1-1000, got %d", c.JobWorkers))
 	}
+	errs = append(errs, c.validatePlans()...)
 	if c.AgentDir != "" {
 		if st, err := os.Stat(c.AgentDir); err != nil || !st.IsDir() {
 			errs = append(errs, fmt.Errorf("agent_dir %q must be a directory (of make agents output)", c.AgentDir))

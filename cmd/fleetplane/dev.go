@@ -340,9 +340,9 @@ Try it:
 Ctrl-C stops everything, including the local Postgres.
 `, url, key, envPath, envPath, strings.Join(hub.client, ", "), strings.Join(hub.leaf, ", "), hub.ca.CAFile())
 	if *simVehicles > 0 {
-		if *simVehicles > 50 {
+		if *simVehicles > controlplane.FreeVehicleLimit {
 			ln.Close()
-			return &usageError{"--sim-vehicles: at most 50 (the free plan allows 10 online)"}
+			return &usageError{fmt.Sprintf("--sim-vehicles: at most %d (the demo tenant is on the free plan)", controlplane.FreeVehicleLimit)}
 		}
 		// The agents enroll through this server, so they start once it
 		// serves; they stop before it does.

@@ -115,6 +115,8 @@ func (a *app) wire(ctx context.Context) error {
 		Issuer:               a.issuer,
 		VehicleCredentialTTL: cfg.VehicleCredentialTTL,
 		MaxGrantTTL:          cfg.MaxGrantTTL,
+		Plans:                cfg.domainPlans(),
+		PlanGrace:            cfg.PlanGrace,
 		PublicURL:            cfg.PublicURL,
 	}
 	if len(hubNodes) > 0 {

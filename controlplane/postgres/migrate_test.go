@@ -71,6 +71,10 @@ func TestMigrations(t *testing.T) {
 		core + " " + river + " river_notification" +
 			" agent_nonces enrollment_tokens grants nats_accounts nats_operator nats_user_keys revocations" +
 			" regions tenant_streams",
+		// 8: plan grace adds columns only.
+		core + " " + river + " river_notification" +
+			" agent_nonces enrollment_tokens grants nats_accounts nats_operator nats_user_keys revocations" +
+			" regions tenant_streams",
 	}
 	last := uint(len(want))
 

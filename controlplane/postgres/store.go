@@ -95,8 +95,8 @@ func (s *Store) CreateTenant(ctx context.Context, t *controlplane.Tenant) error 
 func (s *Store) FindTenantByID(ctx context.Context, id string) (*controlplane.Tenant, error) {
 	t := &controlplane.Tenant{}
 	err := s.db.QueryRow(ctx, `
-		SELECT id, name, plan, created_at, updated_at FROM tenants WHERE id = $1`, id,
-	).Scan(&t.ID, &t.Name, &t.Plan, &t.CreatedAt, &t.UpdatedAt)
+		SELECT `+tenantColumns+` FROM tenants WHERE id = $1`, id,
+	).Scan(tenantDest(t)...)
 	if err != nil {
 		return nil, translate(err, "tenant not found")
 	}
