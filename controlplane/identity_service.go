@@ -163,17 +163,10 @@ func acked(p *HubPush) int {
 	return n
 }
 
-func (s *Service) pushTimeout() time.Duration {
-	if s.cfg.PushTimeout > 0 {
-		return s.cfg.PushTimeout
-	}
-	return DefaultPushTimeout
-}
-
 // pushAfterCommit pushes inline after a change; failures are logged and
 // left to the durable job.
 func (s *Service) pushAfterCommit(ctx context.Context, tenantID string) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.pushTimeout())
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.PushTimeout)
 	defer cancel()
 	if _, _, err := s.pushAccount(ctx, tenantID, false); err != nil {
 		s.logger.WarnContext(ctx, "account push failed; the push job will retry", "tenant", tenantID, "err", err)
@@ -324,7 +317,7 @@ func (s *Service) proveDisconnected(ctx context.Context, r *Revocation, accountP
 // finishRevocation runs completeRevocation inline with the push timeout and
 // returns r in whatever state it reached; the job retries a pending one.
 func (s *Service) finishRevocation(ctx context.Context, r *Revocation) *Revocation {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.pushTimeout())
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.PushTimeout)
 	defer cancel()
 	out, err := s.completeRevocation(ctx, r)
 	if err != nil {
@@ -713,11 +706,7 @@ func (s *Service) bindVehicleKey(ctx context.Context, tx Store, iss Issuer, p *P
 		}
 	}
 	now := s.now()
-	ttl := s.cfg.VehicleCredentialTTL
-	if ttl <= 0 {
-		ttl = DefaultVehicleCredentialTTL
-	}
-	exp := now.Add(ttl).Truncate(time.Second)
+	exp := now.Add(s.cfg.VehicleCredentialTTL).Truncate(time.Second)
 	jwt, err := iss.SignVehicle(a, pub, natsauth.VehicleIdentity{
 		TenantID: p.TenantID, Fleet: f.Slug, Env: f.Environment, VehicleID: v.VehicleID}, exp)
 	if err != nil {
@@ -879,11 +868,7 @@ func (s *Service) RenewAgent(ctx context.Context, in RenewRequest) (*VehicleCred
 		if _, revoked := a.Revocations[in.PublicKey]; revoked {
 			return Errorf(EFORBIDDEN, "this key was revoked; enroll again with a fresh nkey")
 		}
-		ttl := s.cfg.VehicleCredentialTTL
-		if ttl <= 0 {
-			ttl = DefaultVehicleCredentialTTL
-		}
-		exp := now.Add(ttl).Truncate(time.Second)
+		exp := now.Add(s.cfg.VehicleCredentialTTL).Truncate(time.Second)
 		jwt, err := iss.SignVehicle(a, in.PublicKey, natsauth.VehicleIdentity{
 			TenantID: v.TenantID, Fleet: f.Slug, Env: f.Environment, VehicleID: v.VehicleID}, exp)
 		if err != nil {
@@ -1005,10 +990,6 @@ func (s *Service) CreateGrant(ctx context.Context, in GrantCreate) (*GrantCreate
 	var v ValidationError
 	now := s.now()
 	maxTTL := s.cfg.MaxGrantTTL
-	if maxTTL <= 0 {
-		maxTTL = DefaultMaxGrantTTL
-	}
-	maxTTL = min(maxTTL, natsauth.MaxUserLifetime)
 	switch {
 	case in.ExpiresAt == nil:
 		v.Add("expires_at", "is required (at most %s ahead)", days(maxTTL))

@@ -10,6 +10,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/fleetplane/fleetplane/internal/natsauth"
 	"github.com/fleetplane/fleetplane/internal/password"
 	"github.com/fleetplane/fleetplane/internal/secret"
 )
@@ -78,6 +79,16 @@ func NewService(store Store, cfg Config, logger *slog.Logger) *Service {
 	}
 	if cfg.IdempotencyTTL == 0 {
 		cfg.IdempotencyTTL = 24 * time.Hour
+	}
+	if cfg.VehicleCredentialTTL <= 0 {
+		cfg.VehicleCredentialTTL = DefaultVehicleCredentialTTL
+	}
+	if cfg.MaxGrantTTL <= 0 {
+		cfg.MaxGrantTTL = DefaultMaxGrantTTL
+	}
+	cfg.MaxGrantTTL = min(cfg.MaxGrantTTL, natsauth.MaxUserLifetime)
+	if cfg.PushTimeout <= 0 {
+		cfg.PushTimeout = DefaultPushTimeout
 	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)

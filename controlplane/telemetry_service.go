@@ -165,7 +165,7 @@ func (s *Service) provisionAfterCommit(ctx context.Context, tenantID string) {
 	if s.cfg.Telemetry == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.pushTimeout())
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.PushTimeout)
 	defer cancel()
 	if err := s.provisionTenant(ctx, tenantID); err != nil {
 		s.logger.WarnContext(ctx, "provisioning the tenant's history failed; the push job will retry", "tenant", tenantID, "err", err)
