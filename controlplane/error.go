@@ -19,6 +19,7 @@ const (
 	ERATELIMIT       = "rate_limited"     // too many requests
 	EUNAVAILABLE     = "unavailable"      // a dependency is down
 	ETIMEOUT         = "timeout"          // a vehicle did not answer (offline, or not in time)
+	ENOTIMPLEMENTED  = "not_implemented"  // the installation does not offer it (e.g. billing off)
 	EINTERNAL        = "internal"         // a bug or an unexpected failure; details are logged, never shown
 )
 

@@ -89,7 +89,7 @@ func mustIssuer(tb testing.TB, store controlplane.Store) *natsissuer.Issuer {
 	return iss
 }
 
-func newIdentityEnv(tb testing.TB) *identityEnv {
+func newIdentityEnv(tb testing.TB, opts ...func(*controlplane.Config)) *identityEnv {
 	tb.Helper()
 	pool := pgtest.NewPool(tb)
 	store := postgres.NewStore(pool)
@@ -112,13 +112,17 @@ func newIdentityEnv(tb testing.TB) *identityEnv {
 		time.Sleep(10 * time.Millisecond)
 	}
 	env := &identityEnv{pool: pool, hub: hub, leafURL: natstest.LeafURL(tb, hub), hubs: &flakyHubs{Hubs: h}}
-	env.svc = controlplane.NewService(store, controlplane.Config{
+	cfg := controlplane.Config{
 		Regions: []controlplane.Region{{Name: "europe", LeafURLs: []string{env.leafURL},
 			ClientURLs: []string{hub.ClientURL()}}},
 		PasswordParams: password.Params{Memory: 64, Time: 1, Threads: 1},
 		Issuer:         iss,
 		Hubs:           env.hubs,
-	}, nil)
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	env.svc = controlplane.NewService(store, cfg, nil)
 	return env
 }
 

@@ -26,6 +26,16 @@ type Plan struct {
 	Limits AccountLimits
 	// History is the tenant's telemetry history policy.
 	History HistoryPolicy
+	// Price is what a vehicle-day costs on the plan (zero on free). The
+	// provider's price (Stripe) is authoritative; this one projects the
+	// period's charge in GET /v1/usage and must match it.
+	Price Price
+}
+
+// Price is a per-vehicle-day price.
+type Price struct {
+	Currency        string // ISO 4217, lower case (usd)
+	VehicleDayCents int64  // smallest currency unit per vehicle-day
 }
 
 // DefaultPlans returns the built-in plans (DefaultPlanLimits,
@@ -34,9 +44,14 @@ func DefaultPlans() map[string]Plan {
 	return map[string]Plan{
 		PlanFree: {Name: PlanFree, MaxVehicles: FreeVehicleLimit, MaxGrants: FreeGrantLimit,
 			Limits: DefaultPlanLimits(PlanFree), History: DefaultHistoryPolicy(PlanFree)},
-		PlanScale: {Name: PlanScale, Limits: DefaultPlanLimits(PlanScale), History: DefaultHistoryPolicy(PlanScale)},
+		PlanScale: {Name: PlanScale, Limits: DefaultPlanLimits(PlanScale), History: DefaultHistoryPolicy(PlanScale),
+			Price: DefaultScalePrice},
 	}
 }
+
+// DefaultScalePrice is the scale plan's default price: 50 cents per
+// vehicle-day (about 15 USD per vehicle and month).
+var DefaultScalePrice = Price{Currency: "usd", VehicleDayCents: 50}
 
 // FreeGrantLimit is the free plan's number of active grants.
 const FreeGrantLimit = 5
@@ -137,54 +152,65 @@ func (s *Service) ChangePlan(ctx context.Context, tenantID, plan string) (*Tenan
 		return nil, err
 	}
 	var out *Tenant
+	changed := false
 	err = s.store.Tx(ctx, func(tx Store) error {
 		t, err := tx.LockTenant(ctx, tenantID)
 		if err != nil {
 			return err
 		}
-		now := s.now()
-		old := t.Plan
-		if old == plan {
-			out = t
-			return nil
-		}
-		newPl := s.plan(plan)
-		n, err := tx.CountVehicles(ctx, tenantID)
-		if err != nil {
-			return err
-		}
-		oldLeaf := s.accountLimits(t, now).LeafNodeConn
-		switch {
-		case newPl.MaxVehicles > 0 && n > newPl.MaxVehicles && leafAbove(oldLeaf, newPl.Limits.LeafNodeConn):
-			if t.GraceUntil == nil || !now.Before(*t.GraceUntil) {
-				// A grace already running is not extended.
-				until := now.Add(s.planGrace()).UTC()
-				t.GracePlan, t.GraceUntil = old, &until
-			}
-		default:
-			t.GracePlan, t.GraceUntil = "", nil
-		}
-		t.Plan = plan
-		if err := tx.UpdateTenantPlan(ctx, t); err != nil {
-			return err
-		}
-		if err := s.resignLimits(ctx, tx, iss, t, now); err != nil {
-			return err
-		}
-		details := map[string]any{"from": old, "to": plan, "vehicles": n}
-		if t.GraceUntil != nil {
-			details["grace_until"] = t.GraceUntil.Format(time.RFC3339)
-		}
-		p := &Principal{TenantID: tenantID, ActorType: "system", ActorID: "plan"}
 		out = t
-		return s.audit(ctx, tx, p, "tenant.plan_change", "tenant", tenantID, details)
+		changed, err = s.changePlanTx(ctx, tx, iss, t, plan, "plan")
+		return err
 	})
 	if err != nil {
 		return nil, err
 	}
-	s.logger.InfoContext(ctx, "plan changed", "tenant", tenantID, "plan", plan, "grace_until", out.GraceUntil)
-	s.pushAfterCommit(ctx, tenantID)
+	if changed {
+		s.logger.InfoContext(ctx, "plan changed", "tenant", tenantID, "plan", plan, "grace_until", out.GraceUntil)
+		s.pushAfterCommit(ctx, tenantID)
+	}
 	return out, nil
+}
+
+// changePlanTx moves t (locked in tx) to plan: grace, re-signed account
+// JWT, push job and audit (actor is the system actor's ID, e.g. "plan" or
+// "billing"). It reports whether anything changed; the caller pushes after
+// commit.
+func (s *Service) changePlanTx(ctx context.Context, tx Store, iss Issuer, t *Tenant, plan, actor string) (bool, error) {
+	now := s.now()
+	old := t.Plan
+	if old == plan {
+		return false, nil
+	}
+	newPl := s.plan(plan)
+	n, err := tx.CountVehicles(ctx, t.ID)
+	if err != nil {
+		return false, err
+	}
+	oldLeaf := s.accountLimits(t, now).LeafNodeConn
+	switch {
+	case newPl.MaxVehicles > 0 && n > newPl.MaxVehicles && leafAbove(oldLeaf, newPl.Limits.LeafNodeConn):
+		if t.GraceUntil == nil || !now.Before(*t.GraceUntil) {
+			// A grace already running is not extended.
+			until := now.Add(s.planGrace()).UTC()
+			t.GracePlan, t.GraceUntil = old, &until
+		}
+	default:
+		t.GracePlan, t.GraceUntil = "", nil
+	}
+	t.Plan = plan
+	if err := tx.UpdateTenantPlan(ctx, t); err != nil {
+		return false, err
+	}
+	if err := s.resignLimits(ctx, tx, iss, t, now); err != nil {
+		return false, err
+	}
+	details := map[string]any{"from": old, "to": plan, "vehicles": n}
+	if t.GraceUntil != nil {
+		details["grace_until"] = t.GraceUntil.Format(time.RFC3339)
+	}
+	p := &Principal{TenantID: t.ID, ActorType: "system", ActorID: actor}
+	return true, s.audit(ctx, tx, p, "tenant.plan_change", "tenant", t.ID, details)
 }
 
 // leafAbove reports whether leaf limit a allows more than b (-1 = none).

@@ -53,6 +53,12 @@ type Config struct {
 	// PushTimeout bounds the inline push and proof after a change (default
 	// 5 s); what does not finish in time is left to the durable job.
 	PushTimeout time.Duration
+	// Billing is the payment provider (nil = billing off: tenants keep
+	// their plan, the billing endpoints answer ENOTIMPLEMENTED).
+	Billing Billing
+	// HubStats reads the hubs' account statistics for metering (nil = no
+	// message and byte counts).
+	HubStats HubStatsSource
 	// PublicURL is the control plane's public base URL, used in the
 	// install one-liner (e.g. https://fleetplane.example.com).
 	PublicURL string

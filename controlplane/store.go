@@ -131,6 +131,8 @@ type Store interface {
 	RegionStore    // region.go
 	PresenceStore  // presence.go
 	TelemetryStore // telemetry.go
+	BillingStore   // billing.go
+	UsageStore     // usage.go
 
 	// BeginIdempotent claims (scope, key) for a request whose body hashes to
 	// requestHash. It returns the stored response when the key was used

@@ -21,8 +21,12 @@ type Tenant struct {
 	// account keeps GracePlan's leaf limit until GraceUntil (plan.go).
 	GracePlan  string
 	GraceUntil *time.Time
-	CreatedAt  time.Time
-	UpdatedAt  time.Time
+	// StripeCustomerID is the tenant's Stripe customer ("" = none yet);
+	// BillingStatus is Billing* (billing.go).
+	StripeCustomerID string
+	BillingStatus    string
+	CreatedAt        time.Time
+	UpdatedAt        time.Time
 }
 
 // User is a portal user, identified by e-mail. A user may belong to several

@@ -94,7 +94,8 @@ type Hubs struct {
 	upDesc   *prometheus.Desc
 	pushHist *prometheus.HistogramVec
 
-	leafs leafCache // users of leaf links (presence.go)
+	leafs      leafCache     // users of leaf links (presence.go)
+	sysAccount systemAccount // left out of AccountStats (stats.go)
 }
 
 type node struct {
@@ -149,8 +150,15 @@ func New(nodes []Node, creds Creds, opts Options) (*Hubs, error) {
 		h.nodes = append(h.nodes, nd)
 		h.byName[n.Name] = nd
 	}
+	sysCreds := func() (string, []byte, error) {
+		j, seed, err := creds()
+		if err == nil {
+			h.sysAccount.note(j)
+		}
+		return j, seed, err
+	}
 	for _, nd := range h.nodes {
-		if err := nd.connect(creds, opts); err != nil {
+		if err := nd.connect(sysCreds, opts); err != nil {
 			h.Close()
 			return nil, err
 		}

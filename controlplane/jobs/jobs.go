@@ -3,7 +3,8 @@
 // inserted in the transaction of the change it follows (an outbox).
 //
 // Jobs: controlplane.AccountPushJob (below) and the periodic
-// controlplane.ReconcileAccountsJob (reconcile.go). The push worker calls the
+// controlplane.ReconcileAccountsJob (reconcile.go), MeterUsageJob and
+// ReportUsageJob (usage.go). The push worker calls the
 // domain's RunAccountPush and returns its error, so River retries a failed
 // push with its default backoff (attempt⁴ seconds plus jitter: ~1 s, 16 s,
 // 81 s, ...; 25 attempts) unless Options.RetryPolicy says otherwise.
@@ -65,12 +66,19 @@ type Options struct {
 	// the runner also implements ReconcileRunner (reconcile.go); default
 	// DefaultReconcileInterval, negative = never.
 	ReconcileInterval time.Duration
+	// MeterInterval and ReportInterval are how often the meter_usage and
+	// report_usage jobs run when the runner also implements UsageRunner
+	// (usage.go); defaults DefaultMeterInterval and DefaultReportInterval,
+	// negative = never.
+	MeterInterval  time.Duration
+	ReportInterval time.Duration
 }
 
 // Jobs is the River client with Fleetplane's workers registered.
 type Jobs struct {
 	client    *river.Client[pgx.Tx]
 	reconcile *ReconcileMetrics // nil when the runner does not reconcile
+	usage     *UsageMetrics     // nil when the runner does not meter usage
 }
 
 // New builds the client; Start begins working jobs.
@@ -89,6 +97,11 @@ func New(pool *pgxpool.Pool, runner AccountPushRunner, logger *slog.Logger, opts
 	if err != nil {
 		return nil, err
 	}
+	usagePeriodic, usage, err := addUsage(workers, runner, opts)
+	if err != nil {
+		return nil, err
+	}
+	periodic = append(periodic, usagePeriodic...)
 	client, err := river.NewClient(riverpgxv5.New(pool), &river.Config{
 		Queues: map[string]river.QueueConfig{
 			river.QueueDefault: {MaxWorkers: cmp.Or(opts.Workers, DefaultWorkers)},
@@ -105,7 +118,7 @@ func New(pool *pgxpool.Pool, runner AccountPushRunner, logger *slog.Logger, opts
 	if err != nil {
 		return nil, fmt.Errorf("jobs: river client: %w", err)
 	}
-	return &Jobs{client: client, reconcile: reconcile}, nil
+	return &Jobs{client: client, reconcile: reconcile, usage: usage}, nil
 }
 
 // Start begins fetching and working jobs; it returns once started.

@@ -75,6 +75,10 @@ func TestMigrations(t *testing.T) {
 		core + " " + river + " river_notification" +
 			" agent_nonces enrollment_tokens grants nats_accounts nats_operator nats_user_keys revocations" +
 			" regions tenant_streams",
+		core + " " + river + " river_notification" +
+			" agent_nonces enrollment_tokens grants nats_accounts nats_operator nats_user_keys revocations" +
+			" regions tenant_streams" +
+			" billing_events billing_subscriptions usage_daily usage_hub_counters usage_reports usage_vehicle_days",
 	}
 	last := uint(len(want))
 

@@ -72,6 +72,7 @@ const (
 // conflictMessages words unique violations per constraint.
 var conflictMessages = map[string]string{
 	"users_email_key":                   "an account with this e-mail address already exists",
+	"tenants_stripe_customer_id_key":    "this billing customer belongs to another tenant",
 	"memberships_pkey":                  "the user is already a member of this tenant",
 	"api_keys_pkey":                     "an API key with this ID already exists",
 	"fleets_tenant_id_slug_key":         "a fleet with this slug already exists",

@@ -17,20 +17,31 @@ import (
 // re-checks them on the locked row.
 
 // SetVehicleOnline records connection c as the vehicle's open link unless
-// the recorded link started at or after c.Start.
+// the recorded link started at or after c.Start. In the same statement, a
+// vehicle that came online gets its vehicle-day of at's UTC day marked
+// online (usage.go).
 func (s *Store) SetVehicleOnline(ctx context.Context, c controlplane.LeafConn, at time.Time) (bool, error) {
-	tag, err := s.db.Exec(ctx, `
-		UPDATE vehicles v SET
-			online = true, hub_node = $2, presence_conn_id = $3, presence_conn_start = $4,
-			last_seen_at = greatest(v.last_seen_at, $5)
-		FROM nats_accounts a
-		WHERE v.user_public_key = $1 AND a.tenant_id = v.tenant_id AND a.public_key = $6
-		  AND (v.presence_conn_start IS NULL OR v.presence_conn_start < $4)`,
-		c.User, c.Node, int64(c.ID), c.Start, at, c.Account)
+	var n int
+	err := s.db.QueryRow(ctx, `
+		WITH u AS (
+			UPDATE vehicles v SET
+				online = true, hub_node = $2, presence_conn_id = $3, presence_conn_start = $4,
+				last_seen_at = greatest(v.last_seen_at, $5::timestamptz)
+			FROM nats_accounts a
+			WHERE v.user_public_key = $1 AND a.tenant_id = v.tenant_id AND a.public_key = $6
+			  AND (v.presence_conn_start IS NULL OR v.presence_conn_start < $4)
+			RETURNING v.tenant_id, v.vehicle_id, v.status
+		), d AS (
+			INSERT INTO usage_vehicle_days (tenant_id, day, vehicle_id, online)
+			SELECT tenant_id, ($5::timestamptz AT TIME ZONE 'UTC')::date, vehicle_id, true FROM u WHERE status <> 'revoked'
+			ON CONFLICT (tenant_id, day, vehicle_id) DO UPDATE SET online = true WHERE NOT usage_vehicle_days.online
+		)
+		SELECT count(*) FROM u`,
+		c.User, c.Node, int64(c.ID), c.Start, at, c.Account).Scan(&n)
 	if err != nil {
 		return false, translate(err, "vehicle not found")
 	}
-	return tag.RowsAffected() > 0, nil
+	return n > 0, nil
 }
 
 // SetVehicleOffline records that connection c closed, when c is the

@@ -81,13 +81,13 @@ func (s *Store) Ping(ctx context.Context) error {
 
 // --- tenants, users, memberships ---
 
-// CreateTenant inserts t and sets its ID, CreatedAt and UpdatedAt.
+// CreateTenant inserts t and sets its ID, BillingStatus, CreatedAt and UpdatedAt.
 func (s *Store) CreateTenant(ctx context.Context, t *controlplane.Tenant) error {
 	err := s.db.QueryRow(ctx, `
 		INSERT INTO tenants (name, plan) VALUES ($1, $2)
-		RETURNING id, created_at, updated_at`,
+		RETURNING id, billing_status, created_at, updated_at`,
 		t.Name, t.Plan,
-	).Scan(&t.ID, &t.CreatedAt, &t.UpdatedAt)
+	).Scan(&t.ID, &t.BillingStatus, &t.CreatedAt, &t.UpdatedAt)
 	return translate(err, "tenant not found")
 }
 

@@ -9,10 +9,10 @@ import (
 
 // Tenant plans and their grace (migration 000008, controlplane/plan.go).
 
-const tenantColumns = `id, name, plan, coalesce(grace_plan, ''), grace_until, created_at, updated_at`
+const tenantColumns = `id, name, plan, coalesce(grace_plan, ''), grace_until, coalesce(stripe_customer_id, ''), billing_status, created_at, updated_at`
 
 func tenantDest(t *controlplane.Tenant) []any {
-	return []any{&t.ID, &t.Name, &t.Plan, &t.GracePlan, &t.GraceUntil, &t.CreatedAt, &t.UpdatedAt}
+	return []any{&t.ID, &t.Name, &t.Plan, &t.GracePlan, &t.GraceUntil, &t.StripeCustomerID, &t.BillingStatus, &t.CreatedAt, &t.UpdatedAt}
 }
 
 // LockTenant returns a tenant with its row locked FOR NO KEY UPDATE (which

@@ -39,7 +39,8 @@ func scanVehicle(row pgx.Row) (*controlplane.Vehicle, error) {
 // UpdatedAt; an empty Status is pending, an empty UserPublicKey none. A
 // fleet that is missing or belongs to another tenant is ENOTFOUND; a
 // vehicle ID the tenant uses already is ECONFLICT, and so is a user key
-// bound to another vehicle or grant.
+// bound to another vehicle or grant. The vehicle's vehicle-day of today is
+// recorded in the same statement (usage.go).
 func (s *Store) CreateVehicle(ctx context.Context, v *controlplane.Vehicle) error {
 	labels := v.Labels
 	if labels == nil {
@@ -54,7 +55,12 @@ func (s *Store) CreateVehicle(ctx context.Context, v *controlplane.Vehicle) erro
 			INSERT INTO vehicles (tenant_id, fleet_id, vehicle_id, name, labels, status, enrolled_at, last_seen_at,
 				user_public_key, credentials_expire_at, hostname, arch, agent_version)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, nullif($9, ''), $10, $11, $12, $13)
-			RETURNING id, tenant_id, fleet_id, created_at, updated_at
+			RETURNING id, tenant_id, fleet_id, vehicle_id, status, created_at, updated_at
+		), d AS (
+			-- The vehicle-day of its creation, at once (usage.go).
+			INSERT INTO usage_vehicle_days (tenant_id, day, vehicle_id)
+			SELECT tenant_id, (created_at AT TIME ZONE 'UTC')::date, vehicle_id FROM v WHERE status <> 'revoked'
+			ON CONFLICT (tenant_id, day, vehicle_id) DO NOTHING
 		)
 		SELECT v.id, f.slug, v.created_at, v.updated_at FROM v`+vehicleJoin,
 		v.TenantID, v.FleetID, v.VehicleID, v.Name, labels, string(status), v.EnrolledAt, v.LastSeenAt,
