@@ -44,6 +44,11 @@ type Options struct {
 	// EnrollRatePerMinute limits POST /v1/enroll, /v1/agent/nonce and
 	// /v1/agent/renew together, per client IP (IPv6: per /64); default 60.
 	EnrollRatePerMinute int
+	// WebhookRatePerMinute limits POST /v1/billing/webhook per client IP
+	// (IPv6: per /64); default 1200. Stripe delivers from a few addresses
+	// in bursts (every tenant's invoice events at a period's end), and
+	// retries what gets a 429 for days: keep it generous.
+	WebhookRatePerMinute int
 	// PublicURL is the control plane's public base URL, used in the install
 	// one-liner of new enrollment tokens (e.g. https://fleetplane.example.com);
 	// "" = the scheme and host the request came to.
@@ -58,10 +63,11 @@ type Options struct {
 
 // Defaults for Options.
 const (
-	DefaultSignupRatePerMinute       = 10
-	DefaultEnrollRatePerMinute       = 60
-	DefaultMaxBodyBytes        int64 = 1 << 20
-	DefaultLiveHeartbeat             = 15 * time.Second
+	DefaultSignupRatePerMinute        = 10
+	DefaultEnrollRatePerMinute        = 60
+	DefaultWebhookRatePerMinute       = 1200
+	DefaultMaxBodyBytes         int64 = 1 << 20
+	DefaultLiveHeartbeat              = 15 * time.Second
 )
 
 type server struct {
@@ -83,6 +89,9 @@ func New(svc *controlplane.Service, opts Options) http.Handler {
 	}
 	if opts.EnrollRatePerMinute <= 0 {
 		opts.EnrollRatePerMinute = DefaultEnrollRatePerMinute
+	}
+	if opts.WebhookRatePerMinute <= 0 {
+		opts.WebhookRatePerMinute = DefaultWebhookRatePerMinute
 	}
 	if opts.MaxBodyBytes <= 0 {
 		opts.MaxBodyBytes = DefaultMaxBodyBytes
@@ -122,6 +131,12 @@ func (s *server) routes() {
 	r.With(enrollLimit.Handler, s.idempotentPublic("agent", nil)).Post("/v1/agent/renew", s.handle(s.renewAgent))
 	r.With(enrollLimit.Handler).Post("/v1/agent/ingest-position", s.handle(s.agentIngestPosition))
 
+	// Stripe authenticates with its signature; no Idempotency-Key (the
+	// event ID is the key) and no API key. Its own budget: Stripe's bursts
+	// must not eat the vehicles' and vice versa.
+	webhookLimit := s.rateLimiter(s.opts.WebhookRatePerMinute, "webhook deliveries")
+	r.With(webhookLimit.Handler).Post("/v1/billing/webhook", s.handle(s.billingWebhook))
+
 	r.Group(func(r chi.Router) {
 		r.Use(s.authenticate)
 		r.Get("/v1/tenant", s.handle(s.getTenant))
@@ -155,6 +170,8 @@ func (s *server) routes() {
 		r.Get("/v1/grants/{id}", s.handle(s.getGrant))
 		r.Delete("/v1/grants/{id}", s.handle(s.revokeGrant))
 		r.Get("/v1/grants/{id}/context", s.handle(s.getGrantContext))
+
+		s.billingRoutes(r) // billing.go: usage, checkout, portal
 
 		r.Get("/v1/regions", s.handle(s.listRegions))
 		r.Get("/v1/audit-events", s.handle(s.listAuditEvents))

@@ -96,6 +96,9 @@ func TestBadInput(t *testing.T) {
 		{"GET", "/v1/grants/" + fx.aGrant.Id, ""},
 		{"DELETE", "/v1/grants/" + fx.aGrant.Id, ""},
 		{"GET", "/v1/grants/" + fx.aGrant.Id + "/context", ""},
+		{"GET", "/v1/usage", ""},
+		{"POST", "/v1/billing/checkout", ""},
+		{"POST", "/v1/billing/portal", ""},
 	}
 	authCases := []struct {
 		name, header, detail string
@@ -467,6 +470,7 @@ func TestBadInput(t *testing.T) {
 	)
 
 	add(identityBadRows(t, fx)...)
+	add(billingBadRows(t, fx)...)
 
 	// The expiring key and token must have expired before the rows run.
 	time.Sleep(time.Until(expiresAt) + 20*time.Millisecond)

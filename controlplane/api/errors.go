@@ -35,6 +35,7 @@ var statusOf = map[string]int{
 	controlplane.ERATELIMIT:       http.StatusTooManyRequests,
 	controlplane.EINTERNAL:        http.StatusInternalServerError,
 	controlplane.EUNAVAILABLE:     http.StatusServiceUnavailable,
+	controlplane.ENOTIMPLEMENTED:  http.StatusNotImplemented,
 	controlplane.ETIMEOUT:         http.StatusGatewayTimeout,
 }
 

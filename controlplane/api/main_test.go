@@ -83,10 +83,21 @@ type env struct {
 // signup and enrollment limits so that tests may sign up and enroll freely.
 func newEnv(tb testing.TB, opts ...func(*api.Options)) *env {
 	tb.Helper()
+	return newEnvConfig(tb, nil, opts...)
+}
+
+// newEnvConfig is newEnv with the Service configuration changed by cfg
+// (when not nil) first.
+func newEnvConfig(tb testing.TB, cfg func(*controlplane.Config), opts ...func(*api.Options)) *env {
+	tb.Helper()
 	pool := pgtest.NewPool(tb)
 	logs := &lockedBuffer{}
 	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	svc := controlplane.NewService(postgres.NewStore(pool), testConfig(tb), logger)
+	c := testConfig(tb)
+	if cfg != nil {
+		cfg(&c)
+	}
+	svc := controlplane.NewService(postgres.NewStore(pool), c, logger)
 	reg := prometheus.NewRegistry()
 	o := api.Options{Logger: logger, Registerer: reg, Gatherer: reg, SignupRatePerMinute: 10000, EnrollRatePerMinute: 10000}
 	for _, f := range opts {

@@ -36,6 +36,30 @@ func (e ActorType) Valid() bool {
 	}
 }
 
+// Defines values for BillingStatus.
+const (
+	BillingStatusActive   BillingStatus = "active"
+	BillingStatusCanceled BillingStatus = "canceled"
+	BillingStatusNone     BillingStatus = "none"
+	BillingStatusPastDue  BillingStatus = "past_due"
+)
+
+// Valid indicates whether the value is a known member of the BillingStatus enum.
+func (e BillingStatus) Valid() bool {
+	switch e {
+	case BillingStatusActive:
+		return true
+	case BillingStatusCanceled:
+		return true
+	case BillingStatusNone:
+		return true
+	case BillingStatusPastDue:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for CommandName.
 const (
 	CommandNameArm     CommandName = "arm"
@@ -182,6 +206,7 @@ const (
 	ProblemCodeInvalid              ProblemCode = "invalid"
 	ProblemCodeMethodNotAllowed     ProblemCode = "method_not_allowed"
 	ProblemCodeNotFound             ProblemCode = "not_found"
+	ProblemCodeNotImplemented       ProblemCode = "not_implemented"
 	ProblemCodePaymentRequired      ProblemCode = "payment_required"
 	ProblemCodeRateLimited          ProblemCode = "rate_limited"
 	ProblemCodeTimeout              ProblemCode = "timeout"
@@ -206,6 +231,8 @@ func (e ProblemCode) Valid() bool {
 	case ProblemCodeMethodNotAllowed:
 		return true
 	case ProblemCodeNotFound:
+		return true
+	case ProblemCodeNotImplemented:
 		return true
 	case ProblemCodePaymentRequired:
 		return true
@@ -360,6 +387,33 @@ func (e VehicleStatus) Valid() bool {
 	}
 }
 
+// Defines values for WebhookResultOutcome.
+const (
+	WebhookResultOutcomeApplied       WebhookResultOutcome = "applied"
+	WebhookResultOutcomeDuplicate     WebhookResultOutcome = "duplicate"
+	WebhookResultOutcomeIgnored       WebhookResultOutcome = "ignored"
+	WebhookResultOutcomeStale         WebhookResultOutcome = "stale"
+	WebhookResultOutcomeUnknownTenant WebhookResultOutcome = "unknown_tenant"
+)
+
+// Valid indicates whether the value is a known member of the WebhookResultOutcome enum.
+func (e WebhookResultOutcome) Valid() bool {
+	switch e {
+	case WebhookResultOutcomeApplied:
+		return true
+	case WebhookResultOutcomeDuplicate:
+		return true
+	case WebhookResultOutcomeIgnored:
+		return true
+	case WebhookResultOutcomeStale:
+		return true
+	case WebhookResultOutcomeUnknownTenant:
+		return true
+	default:
+		return false
+	}
+}
+
 // APIKey defines model for APIKey.
 type APIKey struct {
 	CreatedAt time.Time `json:"created_at"`
@@ -465,6 +519,18 @@ type AuditEventList struct {
 	Items      []AuditEvent `json:"items"`
 	NextCursor *string      `json:"next_cursor"`
 }
+
+// BillingRedirect defines model for BillingRedirect.
+type BillingRedirect struct {
+	// Url Where to send the user's browser (a Stripe page).
+	Url string `json:"url"`
+}
+
+// BillingStatus `none`: never subscribed; `active`: an entitled subscription whose
+// last invoice is paid; `past_due`: a payment failed and Stripe is
+// retrying (the tenant keeps scale meanwhile); `canceled`: the
+// subscription ended.
+type BillingStatus string
 
 // CommandName The command verb, the last token of `fleet.<env>.veh.<vid>.cmd.<verb>`.
 type CommandName string
@@ -954,6 +1020,26 @@ type Problem struct {
 // ProblemCode Machine-readable error code.
 type ProblemCode string
 
+// ProjectedCharge The vehicle-days so far plus today's registered vehicles for each
+// remaining day of the period, at the plan's price. An estimate: the
+// invoice is Stripe's.
+type ProjectedCharge struct {
+	// AmountCents projected_vehicle_days × unit_amount_cents.
+	AmountCents int64 `json:"amount_cents"`
+
+	// Currency ISO 4217, lower case.
+	Currency string `json:"currency"`
+
+	// ProjectedVehicleDays So far plus the remaining days times the vehicles registered now.
+	ProjectedVehicleDays int64 `json:"projected_vehicle_days"`
+
+	// UnitAmountCents Price of one vehicle-day in the currency's smallest unit.
+	UnitAmountCents int64 `json:"unit_amount_cents"`
+
+	// VehicleDays So far in the period.
+	VehicleDays int64 `json:"vehicle_days"`
+}
+
 // PublicUserKey A public NATS user nkey: 56 characters starting with `U`. Make a key
 // pair with `nk -gen user -pubout` (prints the seed, then the public
 // key) or `nsc generate nkey --user`; keep the seed (`SU...`) secret
@@ -1147,6 +1233,79 @@ type TwinMessageList struct {
 	NextCursor *string       `json:"next_cursor"`
 }
 
+// Usage defines model for Usage.
+type Usage struct {
+	// BillingStatus `none`: never subscribed; `active`: an entitled subscription whose
+	// last invoice is paid; `past_due`: a payment failed and Stripe is
+	// retrying (the tenant keeps scale meanwhile); `canceled`: the
+	// subscription ended.
+	BillingStatus BillingStatus `json:"billing_status"`
+	Current       UsageCurrent  `json:"current"`
+
+	// Daily One entry per UTC day of the period so far, oldest first.
+	Daily []UsageDay `json:"daily"`
+
+	// GraceUntil While a downgrade grace runs, when it ends (docs/plans.md); null otherwise.
+	GraceUntil *time.Time `json:"grace_until"`
+
+	// Limits The plan's limits; null means unlimited.
+	Limits UsageLimits `json:"limits"`
+	Period UsagePeriod `json:"period"`
+	Plan   Plan        `json:"plan"`
+
+	// ProjectedCharge The period's expected charge; null on the free plan or without a configured price.
+	ProjectedCharge *ProjectedCharge `json:"projected_charge"`
+}
+
+// UsageCurrent defines model for UsageCurrent.
+type UsageCurrent struct {
+	ActiveGrants int `json:"active_grants"`
+
+	// Vehicles Registered vehicles, whatever their status (what the vehicle limit counts).
+	Vehicles       int `json:"vehicles"`
+	VehiclesOnline int `json:"vehicles_online"`
+}
+
+// UsageDay defines model for UsageDay.
+type UsageDay struct {
+	BytesIn  int64 `json:"bytes_in"`
+	BytesOut int64 `json:"bytes_out"`
+
+	// Day The UTC day (YYYY-MM-DD).
+	Day string `json:"day"`
+
+	// MsgsIn Messages the hubs received from the tenant's connections.
+	MsgsIn int64 `json:"msgs_in"`
+
+	// MsgsOut Messages the hubs sent to the tenant's connections.
+	MsgsOut int64 `json:"msgs_out"`
+
+	// Plan The plan of the day (scale if the tenant was on scale at any time of it).
+	Plan Plan `json:"plan"`
+
+	// VehiclesOnline Vehicles seen online that day.
+	VehiclesOnline int `json:"vehicles_online"`
+
+	// VehiclesRegistered Vehicle-days (the billable unit).
+	VehiclesRegistered int `json:"vehicles_registered"`
+}
+
+// UsageLimits The plan's limits; null means unlimited.
+type UsageLimits struct {
+	// Grants Active grants; null = unlimited.
+	Grants *int `json:"grants"`
+
+	// Vehicles Registered vehicles (also the account's leaf-connection limit); null = unlimited.
+	Vehicles *int `json:"vehicles"`
+}
+
+// UsagePeriod defines model for UsagePeriod.
+type UsagePeriod struct {
+	// End Exclusive.
+	End   time.Time `json:"end"`
+	Start time.Time `json:"start"`
+}
+
 // User defines model for User.
 type User struct {
 	CreatedAt time.Time `json:"created_at"`
@@ -1303,6 +1462,27 @@ type VehicleUpdate struct {
 	Name *Name `json:"name,omitempty"`
 }
 
+// WebhookResult defines model for WebhookResult.
+type WebhookResult struct {
+	// EventId Stripe's event ID (`evt_...`).
+	EventId string `json:"event_id"`
+
+	// Outcome `applied`; `stale` (older than what was applied to the
+	// subscription); `ignored` (a type billing does not use);
+	// `unknown_tenant` (names no tenant of this installation);
+	// `duplicate` (the event ID was processed before; nothing changed).
+	Outcome WebhookResultOutcome `json:"outcome"`
+
+	// Type Stripe's event type, e.g. `invoice.paid`.
+	Type string `json:"type"`
+}
+
+// WebhookResultOutcome `applied`; `stale` (older than what was applied to the
+// subscription); `ignored` (a type billing does not use);
+// `unknown_tenant` (names no tenant of this installation);
+// `duplicate` (the event ID was processed before; nothing changed).
+type WebhookResultOutcome string
+
 // Cursor defines model for Cursor.
 type Cursor = string
 
@@ -1329,6 +1509,9 @@ type VehicleIDPath = VehicleID
 
 // EnrollmentTokenRejected RFC 9457 problem details.
 type EnrollmentTokenRejected = Problem
+
+// NotImplemented RFC 9457 problem details.
+type NotImplemented = Problem
 
 // ProofRejected RFC 9457 problem details.
 type ProofRejected = Problem
@@ -1391,6 +1574,27 @@ type ListAuditEventsParams struct {
 
 	// Until Only events before this time (RFC 3339).
 	Until *time.Time `form:"until,omitempty" json:"until,omitempty"`
+}
+
+// CreateBillingCheckoutParams defines parameters for CreateBillingCheckout.
+type CreateBillingCheckoutParams struct {
+	// IdempotencyKey Makes a POST safe to retry; see the introduction.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// CreateBillingPortalParams defines parameters for CreateBillingPortal.
+type CreateBillingPortalParams struct {
+	// IdempotencyKey Makes a POST safe to retry; see the introduction.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// ReceiveBillingWebhookJSONBody defines parameters for ReceiveBillingWebhook.
+type ReceiveBillingWebhookJSONBody map[string]interface{}
+
+// ReceiveBillingWebhookParams defines parameters for ReceiveBillingWebhook.
+type ReceiveBillingWebhookParams struct {
+	// StripeSignature `t=<unix time>,v1=<hex HMAC-SHA256>[,v1=...]`, as Stripe sends it.
+	StripeSignature string `json:"Stripe-Signature"`
 }
 
 // EnrollParams defines parameters for Enroll.
@@ -1565,6 +1769,9 @@ type RenewAgentJSONRequestBody = RenewRequest
 
 // CreateAPIKeyJSONRequestBody defines body for CreateAPIKey for application/json ContentType.
 type CreateAPIKeyJSONRequestBody = APIKeyCreate
+
+// ReceiveBillingWebhookJSONRequestBody defines body for ReceiveBillingWebhook for application/json ContentType.
+type ReceiveBillingWebhookJSONRequestBody ReceiveBillingWebhookJSONBody
 
 // EnrollJSONRequestBody defines body for Enroll for application/json ContentType.
 type EnrollJSONRequestBody = EnrollRequest
