@@ -122,9 +122,11 @@ func loadKeyring(cfg *Config) (*seal.Keyring, error) {
 
 const adminUsage = `usage:
   fleetplane admin tenant create --name NAME --email EMAIL [--plan free|scale] [--json]
+  fleetplane admin tenant plan --tenant ID --plan free|scale [--json]   change a tenant's plan (installations with billing off)
   fleetplane admin operator init [--name NAME] [--if-missing]   create the NATS operator (once; never overwrites)
   fleetplane admin operator show [--json]           print the operator's public keys
   fleetplane admin operator export --dir DIR [--resolver-dir D]   write what hub nodes need (no secrets)
+  fleetplane admin billing send-event --tenant ID [--type T] [--status S]   post a signed test webhook (dev with stripe-mock)
   fleetplane admin master-key generate              print a new master keyring entry
   fleetplane admin hub config --region R --node N [--out FILE] [--data-dir D] [--tls-dir D] [--route-tls=false]   write a node's hub.yaml
   fleetplane admin region add --name NAME [--display-name T] [--leaf-url U]... [--client-url U]... [--ca-file F] [--node NAME=URL]...
@@ -139,12 +141,16 @@ func runAdmin(ctx context.Context, args []string, getenv func(string) string, st
 	switch cmd {
 	case "tenant create":
 		return runAdminTenantCreate(ctx, args[2:], getenv, stdout, stderr)
+	case "tenant plan":
+		return runAdminTenantPlan(ctx, args[2:], getenv, stdout, stderr)
 	case "operator init", "operator show", "operator export":
 		return runAdminOperator(ctx, args[1], args[2:], getenv, stdout, stderr)
 	case "region add", "region list":
 		return runAdminRegion(ctx, args[1], args[2:], getenv, stdout, stderr)
 	case "hub config":
 		return runAdminHubConfig(ctx, args[2:], getenv, stdout, stderr)
+	case "billing send-event":
+		return runAdminBillingSendEvent(ctx, args[2:], getenv, stdout, stderr)
 	case "master-key generate":
 		fmt.Fprintf(stdout, "k%s:%s\n", time.Now().UTC().Format("20060102"), seal.GenerateKey())
 		return nil
@@ -185,6 +191,103 @@ func runAdminTenantCreate(ctx context.Context, args []string, getenv func(string
 	fmt.Fprintf(stdout, "tenant %s (%s, plan %s) created; owner %s\n", res.Tenant.ID, res.Tenant.Name, res.Tenant.Plan, res.User.Email)
 	fmt.Fprintf(stdout, "API key %s (shown once, store it now):\n%s\n", res.APIKey.ID, res.APIKey.Secret)
 	return nil
+}
+
+// runAdminTenantPlan moves a tenant to another plan (Service.ChangePlan:
+// the account JWT is re-signed with the plan's limits and pushed; a
+// downgrade below the vehicle count starts the grace of docs/plans.md).
+// Meant for installations with billing off: with Stripe, the tenant's
+// subscription sets the plan and its next event overrides this.
+func runAdminTenantPlan(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("fleetplane admin tenant plan", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	tenantID := fs.String("tenant", "", "tenant ID (required)")
+	plan := fs.String("plan", "", "the new plan: free or scale (required)")
+	asJSON := fs.Bool("json", false, "print the result as JSON")
+	cfg := defaultConfig()
+	if err := loadConfig(fs, args, getenv, &cfg); err != nil {
+		return err
+	}
+	if *tenantID == "" || *plan == "" {
+		return &usageError{"admin tenant plan: --tenant and --plan are required"}
+	}
+	if !controlplane.ValidPlan(*plan) {
+		return &usageError{fmt.Sprintf("admin tenant plan: --plan must be %s or %s, got %q", controlplane.PlanFree, controlplane.PlanScale, *plan)}
+	}
+	if cfg.DatabaseURL == "" {
+		return &usageError{"no database: set --database-url, FLEETPLANE_DATABASE_URL(_FILE) or DATABASE_URL"}
+	}
+	if cfg.StripeSecretKey != "" {
+		fmt.Fprintln(stderr, "warning: billing is enabled: a tenant with a Stripe subscription gets its subscription's plan again at the next subscription event")
+	}
+	a, err := newApp(ctx, cfg, newLogger(&cfg, io.Discard))
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	store := postgres.NewStore(a.pool)
+	before, err := store.FindTenantByID(ctx, *tenantID)
+	if controlplane.ErrorCode(err) == controlplane.ENOTFOUND {
+		return fmt.Errorf("change plan: no tenant %q (the tenant ID is a UUID, e.g. from GET /v1/tenant)", *tenantID)
+	} else if err != nil {
+		return fmt.Errorf("change plan: %s", controlplane.ErrorMessage(err))
+	}
+	// ChangePlan pushes the re-signed account inline (bounded by the push
+	// timeout); what the hubs did not acknowledge is left to the push job
+	// of a running control plane.
+	t, err := a.svc.ChangePlan(ctx, before.ID, *plan)
+	if err != nil {
+		return fmt.Errorf("change plan: %s", controlplane.ErrorMessage(err))
+	}
+	acct, err := store.FindAccount(ctx, t.ID, false)
+	if err != nil {
+		return fmt.Errorf("change plan: reading the account: %s", controlplane.ErrorMessage(err))
+	}
+	res := tenantPlanChanged{TenantID: t.ID, Name: t.Name, Plan: t.Plan, PreviousPlan: before.Plan,
+		Changed: before.Plan != t.Plan, GracePlan: t.GracePlan, AccountVersion: acct.Version,
+		PushedVersion: acct.PushedVersion, Pushed: acct.PushedVersion >= acct.Version}
+	if t.GraceUntil != nil {
+		g := t.GraceUntil.UTC()
+		res.GraceUntil = &g
+	}
+	if *asJSON {
+		return writeJSON(stdout, res)
+	}
+	if !res.Changed {
+		fmt.Fprintf(stdout, "tenant %s (%s) is on plan %s already (unchanged)\n", t.ID, t.Name, t.Plan)
+	} else {
+		fmt.Fprintf(stdout, "tenant %s (%s): plan %s -> %s\n", t.ID, t.Name, before.Plan, t.Plan)
+	}
+	if res.GraceUntil != nil {
+		fmt.Fprintf(stdout, "downgrade grace until %s: the account keeps the %s plan's leaf-connection limit until then (new vehicles are refused at once)\n",
+			res.GraceUntil.Format(time.RFC3339), t.GracePlan)
+	}
+	switch {
+	case res.Pushed && a.hubs == nil:
+		fmt.Fprintf(stdout, "account JWT version %d (no hub nodes configured: nothing to push)\n", acct.Version)
+	case res.Pushed:
+		fmt.Fprintf(stdout, "account JWT version %d pushed to every hub node\n", acct.Version)
+	default:
+		fmt.Fprintf(stdout, "account JWT version %d pending: not every hub node acknowledged it yet (version %d is); "+
+			"the control plane's push job retries (GET /readyz: accounts_behind)\n", acct.Version, acct.PushedVersion)
+	}
+	return nil
+}
+
+// tenantPlanChanged is the JSON `admin tenant plan` prints.
+type tenantPlanChanged struct {
+	TenantID     string     `json:"tenant_id"`
+	Name         string     `json:"name"`
+	Plan         string     `json:"plan"`
+	PreviousPlan string     `json:"previous_plan"`
+	Changed      bool       `json:"changed"`
+	GracePlan    string     `json:"grace_plan,omitempty"`
+	GraceUntil   *time.Time `json:"grace_until"`
+	// AccountVersion is the account JWT's version; Pushed is true once
+	// every hub node acknowledged it (PushedVersion is the newest they did).
+	AccountVersion int64 `json:"account_version"`
+	PushedVersion  int64 `json:"pushed_version"`
+	Pushed         bool  `json:"pushed"`
 }
 
 // tenantCreated is the JSON the admin command prints.

@@ -45,6 +45,7 @@ type Config struct {
 	MasterKey            string        `yaml:"master_key"`
 	MasterKeyFile        string        `yaml:"master_key_file"`
 	EnrollRatePerMinute  int           `yaml:"enroll_rate_per_minute"`
+	WebhookRatePerMinute int           `yaml:"webhook_rate_per_minute"`
 	VehicleCredentialTTL time.Duration `yaml:"vehicle_credential_ttl"`
 	MaxGrantTTL          time.Duration `yaml:"max_grant_ttl"`
 	JobWorkers           int           `yaml:"job_workers"`
@@ -53,6 +54,17 @@ type Config struct {
 	// docs/plans.md); PlanGrace is the downgrade grace (default 168h).
 	Plans     map[string]PlanConf `yaml:"plans"`
 	PlanGrace time.Duration       `yaml:"plan_grace"`
+
+	// Stripe billing (billing.go, docs/billing.md): off while
+	// StripeSecretKey is empty. The secrets come from the file, the
+	// environment (FLEETPLANE_STRIPE_SECRET_KEY, ..._WEBHOOK_SECRET, or
+	// their _FILE variants) or flags; never logged.
+	StripeSecretKey     string `yaml:"stripe_secret_key"`
+	StripeWebhookSecret string `yaml:"stripe_webhook_secret"`
+	StripePriceID       string `yaml:"stripe_price_id"`
+	StripeMeterEvent    string `yaml:"stripe_meter_event"`
+	// StripeAPIBase points the client at stripe-mock (tests, dev).
+	StripeAPIBase string `yaml:"stripe_api_base"`
 
 	// AgentDir holds the agent binaries served at /downloads/ for
 	// /install.sh: fleetplane-agent-linux-{arm64,amd64} and their .sha256
@@ -148,11 +160,17 @@ func (c *Config) settings() []setting {
 		{name: "trust-proxy-headers", usage: "take the client IP from X-Forwarded-For (only behind a trusted proxy)", get: func() string { return strconv.FormatBool(c.TrustProxyHeaders) }, set: boolSetter(&c.TrustProxyHeaders)},
 		{name: "master-key", usage: "keyring sealing NATS seeds: kid:base64key[,oldkid:key]", secret: true, get: func() string { return redactSecret(c.MasterKey) }, set: str(&c.MasterKey)},
 		{name: "enroll-rate-per-minute", usage: "enrollments (and agent renewals) allowed per client IP per minute", get: func() string { return strconv.Itoa(c.EnrollRatePerMinute) }, set: intSetter(&c.EnrollRatePerMinute)},
+		{name: "webhook-rate-per-minute", usage: "billing webhook deliveries allowed per client IP per minute", get: func() string { return strconv.Itoa(c.WebhookRatePerMinute) }, set: intSetter(&c.WebhookRatePerMinute)},
 		{name: "vehicle-credential-ttl", usage: "lifetime of a vehicle JWT (agents renew at half)", get: func() string { return c.VehicleCredentialTTL.String() }, set: durationSetter(&c.VehicleCredentialTTL)},
 		{name: "max-grant-ttl", usage: "longest grant lifetime", get: func() string { return c.MaxGrantTTL.String() }, set: durationSetter(&c.MaxGrantTTL)},
 		{name: "job-workers", usage: "background job workers", get: func() string { return strconv.Itoa(c.JobWorkers) }, set: intSetter(&c.JobWorkers)},
 		{name: "agent-dir", usage: "directory of the agent binaries served at /downloads/ for /install.sh (make agents writes dist/)", get: func() string { return c.AgentDir }, set: str(&c.AgentDir)},
 		{name: "shutdown-timeout", usage: "how long to drain requests on shutdown", get: func() string { return c.ShutdownTimeout.String() }, set: durationSetter(&c.ShutdownTimeout)},
+		{name: "stripe-secret-key", usage: "Stripe secret API key; empty = billing off", secret: true, get: func() string { return redactSecret(c.StripeSecretKey) }, set: str(&c.StripeSecretKey)},
+		{name: "stripe-webhook-secret", usage: "signing secret of the Stripe webhook endpoint (whsec_...)", secret: true, get: func() string { return redactSecret(c.StripeWebhookSecret) }, set: str(&c.StripeWebhookSecret)},
+		{name: "stripe-price-id", usage: "Stripe price of the scale plan (metered per vehicle-day)", get: func() string { return c.StripePriceID }, set: str(&c.StripePriceID)},
+		{name: "stripe-meter-event", usage: "event name of the Stripe billing meter (default fleetplane_vehicle_days)", get: func() string { return c.StripeMeterEvent }, set: str(&c.StripeMeterEvent)},
+		{name: "stripe-api-base", usage: "Stripe API base URL (stripe-mock in tests and dev)", get: func() string { return c.StripeAPIBase }, set: str(&c.StripeAPIBase)},
 	}
 }
 
@@ -330,6 +348,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("job_workers must be 1-1000, got %d", c.JobWorkers))
 	}
 	errs = append(errs, c.validatePlans()...)
+	errs = append(errs, c.validateBilling()...)
 	if c.AgentDir != "" {
 		if st, err := os.Stat(c.AgentDir); err != nil || !st.IsDir() {
 			errs = append(errs, fmt.Errorf("agent_dir %q must be a directory (of make agents output)", c.AgentDir))

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -240,6 +241,7 @@ func runDev(ctx context.Context, args []string, getenv func(string) string, stdo
 	hubClientAddr := fs.String("hub-client-addr", "127.0.0.1:4222", "the embedded hub's client listener (nats CLI, grants)")
 	hubLeafAddr := fs.String("hub-leaf-addr", "127.0.0.1:7422", "the embedded hub's leafnode listener (vehicles, TLS with the dev CA)")
 	hubNodes := fs.Int("hub-nodes", 1, "embedded hub nodes: 1, or 3 for a JetStream R3 cluster (the first listens on --hub-*-addr, the others on free ports)")
+	billingMode := fs.String("billing", "off", "billing: off (free plan only) or stripe-mock (Stripe's mock server; simulate webhooks with `fleetplane admin billing send-event`)")
 	simVehicles := fs.Int("sim-vehicles", 0, "simulated vehicles to enroll and run in the demo fleet (the real agent code with a simulated autopilot each)")
 	cfg := defaultConfig()
 	cfg.HTTPAddr = "127.0.0.1:8080"
@@ -298,6 +300,22 @@ func runDev(ctx context.Context, args []string, getenv func(string) string, stdo
 		hub.stop()
 	}()
 	hub.region(&cfg.Regions[0])
+	// JetStream reserves each stream's max bytes on the hub: the scale
+	// plan's 100 GiB account (80 GiB history) does not fit a laptop's
+	// hub, so dev gives scale tenants 4 GiB unless configured.
+	if pc := cfg.Plans[controlplane.PlanScale]; pc.JetStreamDisk == nil {
+		disk := int64(4 << 30)
+		pc.JetStreamDisk = &disk
+		if cfg.Plans == nil {
+			cfg.Plans = map[string]PlanConf{}
+		}
+		cfg.Plans[controlplane.PlanScale] = pc
+	}
+	stopBilling, err := devBilling(ctx, &cfg, *billingMode, *stateDir, logger)
+	if err != nil {
+		return err
+	}
+	defer stopBilling()
 	// /downloads/ for the install one-liner: --agent-dir, else built here.
 	cfg.agents = agentdist.ForDev(ctx, agentdist.DevOptions{AgentDir: cfg.AgentDir, StateDir: *stateDir, Logger: logger})
 
@@ -323,6 +341,15 @@ func runDev(ctx context.Context, args []string, getenv func(string) string, stdo
 	if err := writeDevEnv(envPath, url, key); err != nil {
 		ln.Close()
 		return err
+	}
+	if cfg.billingOn() {
+		// What `fleetplane admin billing send-event` needs, for a shell
+		// that sourced dev.env.
+		if err := appendDevEnv(envPath, map[string]string{"FLEETPLANE_PUBLIC_URL": cfg.PublicURL,
+			"FLEETPLANE_STRIPE_WEBHOOK_SECRET": cfg.StripeWebhookSecret, "FLEETPLANE_DATABASE_URL": cfg.DatabaseURL}); err != nil {
+			ln.Close()
+			return err
+		}
 	}
 	fmt.Fprintf(stdout, `
 Fleetplane is running.
@@ -423,6 +450,18 @@ func readDevEnv(path string) map[string]string {
 		}
 	}
 	return out
+}
+
+// appendDevEnv adds variables to dev.env.
+func appendDevEnv(path string, vars map[string]string) error {
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	for _, k := range slices.Sorted(maps.Keys(vars)) {
+		fmt.Fprintf(f, "%s=%s\n", k, vars[k])
+	}
+	return f.Close()
 }
 
 func writeDevEnv(path, url, key string) error {

@@ -119,6 +119,12 @@ func (a *app) wire(ctx context.Context) error {
 		PlanGrace:            cfg.PlanGrace,
 		PublicURL:            cfg.PublicURL,
 	}
+	if scfg.Billing, err = cfg.billing(a.logger); err != nil {
+		return err
+	}
+	if scfg.Billing == nil {
+		a.logger.Info("billing is off: tenants keep their plan (change it with `fleetplane admin tenant plan`)")
+	}
 	if len(hubNodes) > 0 {
 		// The control plane's system user lives a day and is minted
 		// afresh on every (re)connect: no system user seed is stored.
@@ -128,6 +134,7 @@ func (a *app) wire(ctx context.Context) error {
 		a.registry.MustRegister(a.hubs)
 		scfg.Hubs = a.hubs
 		scfg.Presence = a.hubs
+		scfg.HubStats = a.hubs
 	} else {
 		a.logger.Warn("no hub nodes configured: account JWTs are not pushed anywhere")
 	}
@@ -142,15 +149,19 @@ func (a *app) wire(ctx context.Context) error {
 	if m := a.jobs.ReconcileMetrics(); m != nil {
 		a.registry.MustRegister(m)
 	}
+	if m := a.jobs.UsageMetrics(); m != nil {
+		a.registry.MustRegister(m)
+	}
 	a.handler = api.New(a.svc, api.Options{
-		Logger:              a.logger,
-		Registerer:          a.registry,
-		Gatherer:            a.registry,
-		SignupRatePerMinute: cfg.SignupRatePerMinute,
-		EnrollRatePerMinute: cfg.EnrollRatePerMinute,
-		TrustProxyHeaders:   cfg.TrustProxyHeaders,
-		PublicURL:           cfg.PublicURL,
-		Agents:              cfg.agentDist(), // /downloads/ for /install.sh
+		Logger:               a.logger,
+		Registerer:           a.registry,
+		Gatherer:             a.registry,
+		SignupRatePerMinute:  cfg.SignupRatePerMinute,
+		EnrollRatePerMinute:  cfg.EnrollRatePerMinute,
+		WebhookRatePerMinute: cfg.WebhookRatePerMinute,
+		TrustProxyHeaders:    cfg.TrustProxyHeaders,
+		PublicURL:            cfg.PublicURL,
+		Agents:               cfg.agentDist(), // /downloads/ for /install.sh
 	})
 	return nil
 }

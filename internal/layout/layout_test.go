@@ -31,8 +31,20 @@ func TestLayout(t *testing.T) {
 	if _, err := exec.LookPath("go"); err != nil {
 		t.Skip("no go tool on PATH")
 	}
-	adapters := []string{"controlplane/postgres", "controlplane/api", "controlplane/natsissuer",
-		"controlplane/hubs", "controlplane/jobs", "controlplane/twin"}
+	// Every package under controlplane/ is an adapter of the domain.
+	out, err := exec.Command("go", "list", module+"controlplane/...").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var adapters []string
+	for _, p := range strings.Fields(string(out)) {
+		if d := strings.TrimPrefix(p, module); d != "controlplane" {
+			adapters = append(adapters, d)
+		}
+	}
+	if len(adapters) < 7 {
+		t.Fatalf("found only adapters %v", adapters)
+	}
 	isAdapter := func(d string) bool {
 		for _, a := range adapters {
 			if d == a {
