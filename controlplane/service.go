@@ -60,8 +60,18 @@ type Config struct {
 	// message and byte counts).
 	HubStats HubStatsSource
 	// PublicURL is the control plane's public base URL, used in the
-	// install one-liner (e.g. https://fleetplane.example.com).
+	// install one-liner (e.g. https://fleetplane.example.com) and in the
+	// links the portal mails.
 	PublicURL string
+	// Mailer sends the portal's e-mails (confirmation, reset and
+	// invitation links); nil = none: each mail is dropped with a log line
+	// that leaves the link out.
+	Mailer Mailer
+	// SessionTTL and SessionIdleTTL bound a portal session: from sign-in,
+	// and without a request (defaults DefaultSessionTTL and
+	// DefaultSessionIdleTTL).
+	SessionTTL     time.Duration
+	SessionIdleTTL time.Duration
 }
 
 // Service is the one place that orchestrates the control plane: the API and
@@ -73,6 +83,9 @@ type Service struct {
 	cfg    Config
 	logger *slog.Logger
 	now    func() time.Time
+	// dummyHash is a password hash with the configured costs, made on
+	// first use: login verifies against it when there is no user.
+	dummyHash func() string
 }
 
 // NewService returns a Service over store.
@@ -99,7 +112,8 @@ func NewService(store Store, cfg Config, logger *slog.Logger) *Service {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Service{store: store, cfg: cfg, logger: logger, now: time.Now}
+	sessionDefaults(&cfg, logger)
+	return &Service{store: store, cfg: cfg, logger: logger, now: time.Now, dummyHash: newDummyHash(cfg.PasswordParams)}
 }
 
 // Ready reports whether the service can serve requests (the database answers).

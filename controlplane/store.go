@@ -133,6 +133,7 @@ type Store interface {
 	TelemetryStore // telemetry.go
 	BillingStore   // billing.go
 	UsageStore     // usage.go
+	SessionStore   // session.go
 
 	// BeginIdempotent claims (scope, key) for a request whose body hashes to
 	// requestHash. It returns the stored response when the key was used

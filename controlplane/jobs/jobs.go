@@ -4,10 +4,11 @@
 //
 // Jobs: controlplane.AccountPushJob (below) and the periodic
 // controlplane.ReconcileAccountsJob (reconcile.go), MeterUsageJob and
-// ReportUsageJob (usage.go). The push worker calls the
-// domain's RunAccountPush and returns its error, so River retries a failed
-// push with its default backoff (attempt⁴ seconds plus jitter: ~1 s, 16 s,
-// 81 s, ...; 25 attempts) unless Options.RetryPolicy says otherwise.
+// ReportUsageJob (usage.go), CleanupSessionsJob (sessions.go). The push
+// worker calls the domain's RunAccountPush and returns its error, so River
+// retries a failed push with its default backoff (attempt⁴ seconds plus
+// jitter: ~1 s, 16 s, 81 s, ...; 25 attempts) unless Options.RetryPolicy
+// says otherwise.
 //
 // River's tables come from migrations 000002/000003 (River's own SQL).
 //
@@ -72,6 +73,10 @@ type Options struct {
 	// negative = never.
 	MeterInterval  time.Duration
 	ReportInterval time.Duration
+	// SessionCleanupInterval is how often the cleanup_sessions job runs
+	// when the runner also implements SessionCleaner (sessions.go);
+	// default DefaultSessionCleanupInterval, negative = never.
+	SessionCleanupInterval time.Duration
 }
 
 // Jobs is the River client with Fleetplane's workers registered.
@@ -102,6 +107,11 @@ func New(pool *pgxpool.Pool, runner AccountPushRunner, logger *slog.Logger, opts
 		return nil, err
 	}
 	periodic = append(periodic, usagePeriodic...)
+	sessionPeriodic, err := addSessionCleanup(workers, runner, opts)
+	if err != nil {
+		return nil, err
+	}
+	periodic = append(periodic, sessionPeriodic...)
 	client, err := river.NewClient(riverpgxv5.New(pool), &river.Config{
 		Queues: map[string]river.QueueConfig{
 			river.QueueDefault: {MaxWorkers: cmp.Or(opts.Workers, DefaultWorkers)},

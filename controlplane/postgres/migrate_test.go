@@ -79,6 +79,11 @@ func TestMigrations(t *testing.T) {
 			" agent_nonces enrollment_tokens grants nats_accounts nats_operator nats_user_keys revocations" +
 			" regions tenant_streams" +
 			" billing_events billing_subscriptions usage_daily usage_hub_counters usage_reports usage_vehicle_days",
+		core + " " + river + " river_notification" +
+			" agent_nonces enrollment_tokens grants nats_accounts nats_operator nats_user_keys revocations" +
+			" regions tenant_streams" +
+			" billing_events billing_subscriptions usage_daily usage_hub_counters usage_reports usage_vehicle_days" +
+			" sessions user_tokens",
 	}
 	last := uint(len(want))
 
