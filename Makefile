@@ -13,7 +13,7 @@ TOOLS    := $(CURDIR)/bin/tools
 NATSCLI_VERSION := v0.5.0
 export PATH := $(TOOLS):$(PATH)
 
-.PHONY: all build agents run test test-race lint generate bench deps tools tidy clean
+.PHONY: all build agents run test test-race test-browser lint generate bench deps tools tidy clean
 
 all: build
 
@@ -39,14 +39,19 @@ tools:
 	@test -x $(TOOLS)/nats || { echo "installing the nats CLI $(NATSCLI_VERSION) into $(TOOLS)"; \
 		GOBIN=$(TOOLS) $(GO) install github.com/nats-io/natscli/nats@$(NATSCLI_VERSION); }
 
-## run: the whole system locally (Postgres under ./.fleetplane, API on 127.0.0.1:8080, hub, demo tenant, SIM_VEHICLES simulated drones)
+## run: the whole system locally (Postgres under ./.fleetplane, API on 127.0.0.1:8080, hub, demo tenant, SIM_VEHICLES simulated drones; BILLING=stripe-mock for Stripe's mock)
 SIM_VEHICLES ?= 3
+BILLING ?= off
 run: deps
-	$(GO) run ./cmd/fleetplane dev --sim-vehicles $(SIM_VEHICLES)
+	$(GO) run ./cmd/fleetplane dev --sim-vehicles $(SIM_VEHICLES) --billing $(BILLING)
 
 ## test: every test, against a throwaway Postgres the tests start themselves
 test: deps
 	$(GO) test -count=1 -timeout 30m ./...
+
+## test-browser: only the portal's browser test (headless Chromium via chromedp; FLEETPLANE_ARTIFACTS=dir keeps failure screenshots there)
+test-browser: deps
+	$(GO) test -count=1 -timeout 10m -run '^TestPortalBrowser$$' -v ./e2e
 
 test-race: deps
 	$(GO) test -count=1 -race -timeout 45m ./...

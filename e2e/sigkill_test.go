@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -49,9 +50,28 @@ type stack struct {
 
 func newStack(tb testing.TB, ctx context.Context) *stack {
 	tb.Helper()
-	log := slog.New(slog.DiscardHandler)
+	return newStackWith(tb, ctx, stackOptions{})
+}
+
+// stackOptions vary newStackWith's stack.
+type stackOptions struct {
+	log    *slog.Logger        // nil = discarded (E2E_LOG=1: stderr)
+	mailer controlplane.Mailer // Config.Mailer
+	// handler, when set, builds the HTTP server's handler around the
+	// API's (publicURL is the server's URL, also Config.PublicURL).
+	handler func(tb testing.TB, svc *controlplane.Service, publicURL string, apiHandler http.Handler) http.Handler
+	// noTenant leaves out the tenant, its fleet and token (the browser
+	// test signs up through the portal instead).
+	noTenant bool
+}
+
+func newStackWith(tb testing.TB, ctx context.Context, o stackOptions) *stack {
+	tb.Helper()
+	log := o.log
 	if os.Getenv("E2E_LOG") != "" {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	} else if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
 	store := postgres.NewStore(pgtest.NewPool(tb))
 	keys, err := seal.ParseKeyring("t1:" + seal.GenerateKey())
@@ -103,18 +123,29 @@ func newStack(tb testing.TB, ctx context.Context) *stack {
 	}
 	tw := twin.New(twin.Options{Logger: log})
 	tb.Cleanup(tw.Close)
+	srv := httptest.NewUnstartedServer(nil)
+	tb.Cleanup(srv.Close)
+	publicURL := "http://" + srv.Listener.Addr().String()
 	svc := controlplane.NewService(store, controlplane.Config{
 		Regions: []controlplane.Region{{Name: "europe", LeafURLs: []string{leafURL},
 			ClientURLs: []string{hub.ClientURL()}, CABundle: ca.Bundle()}},
 		PasswordParams: password.Params{Memory: 64, Time: 1, Threads: 1},
 		Issuer:         iss, Hubs: h, Presence: h, Telemetry: tw,
+		PublicURL: publicURL, Mailer: o.mailer,
 	}, log)
 	pctx, pcancel := context.WithCancel(ctx)
 	presenceDone := make(chan struct{})
 	go func() { defer close(presenceDone); _ = svc.RunPresence(pctx) }()
 	tb.Cleanup(func() { pcancel(); <-presenceDone })
-	srv := httptest.NewServer(api.New(svc, api.Options{Logger: log}))
-	tb.Cleanup(srv.Close)
+	var handler http.Handler = api.New(svc, api.Options{Logger: log})
+	if o.handler != nil {
+		handler = o.handler(tb, svc, publicURL, handler)
+	}
+	srv.Config.Handler = handler
+	srv.Start()
+	if o.noTenant {
+		return &stack{svc: svc, url: srv.URL, hub: hub, leafURL: leafURL}
+	}
 	sctx := controlplane.NewContextWithRequestMeta(ctx, controlplane.RequestMeta{SourceIP: "198.51.100.7", RequestID: "e2e"})
 	res, err := svc.Signup(sctx, controlplane.SignupRequest{Organisation: "Acme", Email: "ops@acme.example", Password: "correct horse battery"})
 	if err != nil {

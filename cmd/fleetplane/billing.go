@@ -90,9 +90,6 @@ func devBilling(ctx context.Context, cfg *Config, mode, stateDir string, logger 
 	cfg.StripeWebhookSecret = secret
 	cfg.StripePriceID = "price_dev_scale"
 	cfg.StripeAPIBase = srv.URL
-	if cfg.PublicURL == "" { // checkout sends users back to <public_url>/billing
-		cfg.PublicURL = "http://" + cfg.HTTPAddr
-	}
 	logger.Info("billing with stripe-mock (it sends no webhooks: use `fleetplane admin billing send-event`)",
 		"stripe_api", srv.URL, "started_in", srv.StartDuration.Round(time.Millisecond))
 	return func() { srv.Close() }, nil

@@ -66,6 +66,15 @@ type Config struct {
 	// StripeAPIBase points the client at stripe-mock (tests, dev).
 	StripeAPIBase string `yaml:"stripe_api_base"`
 
+	// The portal's e-mail (confirmation, password reset, invitations):
+	// SMTP submission with STARTTLS when SMTPAddr is set, else the mails
+	// are written to the log (development).
+	SMTPAddr     string `yaml:"smtp_addr"`
+	SMTPFrom     string `yaml:"smtp_from"`
+	SMTPUsername string `yaml:"smtp_username"`
+	SMTPPassword string `yaml:"smtp_password"`
+	SMTPInsecure bool   `yaml:"smtp_insecure"`
+
 	// AgentDir holds the agent binaries served at /downloads/ for
 	// /install.sh: fleetplane-agent-linux-{arm64,amd64} and their .sha256
 	// files, as `make agents` writes them into dist/ (docs/install.md).
@@ -170,6 +179,11 @@ func (c *Config) settings() []setting {
 		{name: "stripe-webhook-secret", usage: "signing secret of the Stripe webhook endpoint (whsec_...)", secret: true, get: func() string { return redactSecret(c.StripeWebhookSecret) }, set: str(&c.StripeWebhookSecret)},
 		{name: "stripe-price-id", usage: "Stripe price of the scale plan (metered per vehicle-day)", get: func() string { return c.StripePriceID }, set: str(&c.StripePriceID)},
 		{name: "stripe-meter-event", usage: "event name of the Stripe billing meter (default fleetplane_vehicle_days)", get: func() string { return c.StripeMeterEvent }, set: str(&c.StripeMeterEvent)},
+		{name: "smtp-addr", usage: "SMTP submission server host:port for the portal's e-mail; empty = e-mails are logged", get: func() string { return c.SMTPAddr }, set: str(&c.SMTPAddr)},
+		{name: "smtp-from", usage: "sender address of the portal's e-mail", get: func() string { return c.SMTPFrom }, set: str(&c.SMTPFrom)},
+		{name: "smtp-username", usage: "SMTP user (AUTH PLAIN over TLS)", get: func() string { return c.SMTPUsername }, set: str(&c.SMTPUsername)},
+		{name: "smtp-password", usage: "SMTP password", secret: true, get: func() string { return redactSecret(c.SMTPPassword) }, set: str(&c.SMTPPassword)},
+		{name: "smtp-insecure", usage: "allow SMTP without STARTTLS (a relay on localhost only)", get: func() string { return strconv.FormatBool(c.SMTPInsecure) }, set: boolSetter(&c.SMTPInsecure)},
 		{name: "stripe-api-base", usage: "Stripe API base URL (stripe-mock in tests and dev)", get: func() string { return c.StripeAPIBase }, set: str(&c.StripeAPIBase)},
 	}
 }

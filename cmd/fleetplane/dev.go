@@ -311,6 +311,16 @@ func runDev(ctx context.Context, args []string, getenv func(string) string, stdo
 		}
 		cfg.Plans[controlplane.PlanScale] = pc
 	}
+	// Listen first: links in e-mails and Stripe's return URLs need the
+	// public URL, and with --http-addr :0 only the listener knows the port.
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w (is another fleetplane dev running? use --http-addr)", cfg.HTTPAddr, err)
+	}
+	defer ln.Close() // Serve closes it too; a second Close is harmless
+	if cfg.PublicURL == "" {
+		cfg.PublicURL = "http://" + ln.Addr().String()
+	}
 	stopBilling, err := devBilling(ctx, &cfg, *billingMode, *stateDir, logger)
 	if err != nil {
 		return err
@@ -330,14 +340,7 @@ func runDev(ctx context.Context, args []string, getenv func(string) string, stdo
 	if err != nil {
 		return fmt.Errorf("seed demo tenant: %w", err)
 	}
-	ln, err := net.Listen("tcp", cfg.HTTPAddr)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w (is another fleetplane dev running? use --http-addr)", cfg.HTTPAddr, err)
-	}
 	url := cfg.PublicURL
-	if url == "" {
-		url = "http://" + ln.Addr().String()
-	}
 	if err := writeDevEnv(envPath, url, key); err != nil {
 		ln.Close()
 		return err

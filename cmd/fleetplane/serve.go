@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -19,7 +20,9 @@ import (
 	"github.com/fleetplane/fleetplane/controlplane/api"
 	"github.com/fleetplane/fleetplane/controlplane/hubs"
 	"github.com/fleetplane/fleetplane/controlplane/jobs"
+	"github.com/fleetplane/fleetplane/controlplane/mail"
 	"github.com/fleetplane/fleetplane/controlplane/natsissuer"
+	"github.com/fleetplane/fleetplane/controlplane/portal"
 	"github.com/fleetplane/fleetplane/controlplane/postgres"
 	"github.com/fleetplane/fleetplane/controlplane/twin"
 )
@@ -122,6 +125,9 @@ func (a *app) wire(ctx context.Context) error {
 	if scfg.Billing, err = cfg.billing(a.logger); err != nil {
 		return err
 	}
+	if scfg.Mailer, err = cfg.mailer(a.logger); err != nil {
+		return err
+	}
 	if scfg.Billing == nil {
 		a.logger.Info("billing is off: tenants keep their plan (change it with `fleetplane admin tenant plan`)")
 	}
@@ -152,7 +158,7 @@ func (a *app) wire(ctx context.Context) error {
 	if m := a.jobs.UsageMetrics(); m != nil {
 		a.registry.MustRegister(m)
 	}
-	a.handler = api.New(a.svc, api.Options{
+	apiHandler := api.New(a.svc, api.Options{
 		Logger:               a.logger,
 		Registerer:           a.registry,
 		Gatherer:             a.registry,
@@ -163,7 +169,16 @@ func (a *app) wire(ctx context.Context) error {
 		PublicURL:            cfg.PublicURL,
 		Agents:               cfg.agentDist(), // /downloads/ for /install.sh
 	})
-	return nil
+	a.handler, err = portal.New(a.svc, portal.Options{
+		API:       apiHandler, // the API's paths go to the API, the rest to the portal
+		Logger:    a.logger.With("component", "portal"),
+		PublicURL: cfg.PublicURL,
+		// Plain-http development only: browsers drop Secure cookies there.
+		InsecureCookies:     strings.HasPrefix(cfg.PublicURL, "http://") || cfg.PublicURL == "",
+		TrustProxyHeaders:   cfg.TrustProxyHeaders,
+		SignupRatePerMinute: cfg.SignupRatePerMinute,
+	})
+	return err
 }
 
 func (a *app) Close() {
@@ -256,4 +271,18 @@ func (a *app) pruneIdempotencyKeys(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+}
+
+// mailer is the portal's e-mail sender: SMTP when configured, else the
+// log (development: the confirmation and reset links appear in the log).
+func (c *Config) mailer(logger *slog.Logger) (controlplane.Mailer, error) {
+	if c.SMTPAddr == "" {
+		logger.Warn("no smtp_addr: the portal's e-mails (with their links) are written to the log")
+		return mail.NewLogMailer(logger.With("component", "mail")), nil
+	}
+	if c.SMTPFrom == "" {
+		return nil, errors.New("smtp_from is required with smtp_addr")
+	}
+	return mail.NewSMTPMailer(mail.SMTPConfig{Addr: c.SMTPAddr, From: c.SMTPFrom,
+		Username: c.SMTPUsername, Password: c.SMTPPassword, Insecure: c.SMTPInsecure})
 }

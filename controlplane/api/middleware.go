@@ -6,9 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"log/slog"
-	"net"
 	"net/http"
-	"net/netip"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -19,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fleetplane/fleetplane/controlplane"
+	"github.com/fleetplane/fleetplane/internal/httpx"
 )
 
 // requestInfo is what the middlewares learn about a request. It travels in
@@ -76,32 +75,9 @@ func newRequestID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// clientIP is the caller's address: the TCP peer, or, behind a trusted
-// proxy, X-Real-IP or else the rightmost X-Forwarded-For entry (the one
-// that proxy appended; entries to its left are whatever the client sent).
+// clientIP is the caller's address (httpx.ClientIP).
 func (s *server) clientIP(r *http.Request) string {
-	if s.opts.TrustProxyHeaders {
-		if ip, err := netip.ParseAddr(strings.TrimSpace(r.Header.Get("X-Real-IP"))); err == nil {
-			return ip.Unmap().String()
-		}
-		if xff := r.Header.Values("X-Forwarded-For"); len(xff) > 0 {
-			last := xff[len(xff)-1]
-			if i := strings.LastIndexByte(last, ','); i >= 0 {
-				last = last[i+1:]
-			}
-			if ip, err := netip.ParseAddr(strings.TrimSpace(last)); err == nil {
-				return ip.Unmap().String()
-			}
-		}
-	}
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		host = r.RemoteAddr
-	}
-	if ip, err := netip.ParseAddr(host); err == nil {
-		return ip.Unmap().String()
-	}
-	return host
+	return httpx.ClientIP(r, s.opts.TrustProxyHeaders)
 }
 
 // metrics are the HTTP server's Prometheus metrics.
