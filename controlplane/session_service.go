@@ -774,3 +774,51 @@ func hours(d time.Duration) string {
 		return fmt.Sprintf("%d hours", h)
 	}
 }
+
+// AdminSetPassword sets the password of the user with this e-mail address
+// for an operator of the service (`fleetplane admin user password`, and
+// `fleetplane dev` for the demo owner): it confirms the address and ends
+// the user's sessions, audited as a system action in each of their tenants.
+func (s *Service) AdminSetPassword(ctx context.Context, email, pw string) error {
+	email, ok := normalizeEmail(email)
+	if !ok {
+		return Errorf(EINVALID, "email: must be a valid e-mail address")
+	}
+	var v ValidationError
+	if n := utf8.RuneCountInString(pw); n < minPasswordLen {
+		v.Add("password", "must be at least %d characters", minPasswordLen)
+	} else if len(pw) > maxPasswordLen {
+		v.Add("password", "must be at most %d bytes", maxPasswordLen)
+	}
+	if err := v.Err(); err != nil {
+		return err
+	}
+	hash := password.Hash(pw, s.cfg.PasswordParams)
+	return s.store.Tx(ctx, func(tx Store) error {
+		u, err := tx.FindUserByEmail(ctx, email)
+		if err != nil {
+			return err
+		}
+		now := s.now()
+		if err := tx.SetUserPassword(ctx, u.ID, hash, now); err != nil {
+			return err
+		}
+		if err := tx.VerifyUserEmail(ctx, u.ID, now); err != nil {
+			return err
+		}
+		if _, err := tx.DeleteUserSessions(ctx, u.ID); err != nil {
+			return err
+		}
+		ms, err := tx.FindUserMemberships(ctx, u.ID)
+		if err != nil {
+			return err
+		}
+		for _, m := range ms {
+			p := &Principal{TenantID: m.TenantID, ActorType: "system", ActorID: "admin", SourceIP: "local"}
+			if err := s.audit(ctx, tx, p, "user.set_password", "user", u.ID, map[string]any{"by": "operator"}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}

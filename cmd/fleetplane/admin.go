@@ -126,6 +126,7 @@ const adminUsage = `usage:
   fleetplane admin operator init [--name NAME] [--if-missing]   create the NATS operator (once; never overwrites)
   fleetplane admin operator show [--json]           print the operator's public keys
   fleetplane admin operator export --dir DIR [--resolver-dir D]   write what hub nodes need (no secrets)
+  fleetplane admin user password --email E --password-file F   set a user's portal password
   fleetplane admin billing send-event --tenant ID [--type T] [--status S]   post a signed test webhook (dev with stripe-mock)
   fleetplane admin master-key generate              print a new master keyring entry
   fleetplane admin hub config --region R --node N [--out FILE] [--data-dir D] [--tls-dir D] [--route-tls=false]   write a node's hub.yaml
@@ -149,6 +150,8 @@ func runAdmin(ctx context.Context, args []string, getenv func(string) string, st
 		return runAdminRegion(ctx, args[1], args[2:], getenv, stdout, stderr)
 	case "hub config":
 		return runAdminHubConfig(ctx, args[2:], getenv, stdout, stderr)
+	case "user password":
+		return runAdminUserPassword(ctx, args[2:], getenv, stdout, stderr)
 	case "billing send-event":
 		return runAdminBillingSendEvent(ctx, args[2:], getenv, stdout, stderr)
 	case "master-key generate":
@@ -321,4 +324,38 @@ func writeJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// runAdminUserPassword sets a user's portal password (an operator's way to
+// let someone in, e.g. an owner created by `admin tenant create`). The
+// password comes from a file (never a flag: it would show in ps).
+func runAdminUserPassword(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("fleetplane admin user password", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	email := fs.String("email", "", "the user's e-mail address (required)")
+	pwFile := fs.String("password-file", "", "file holding the new password (required; at least 12 characters)")
+	cfg := defaultConfig()
+	if err := loadConfig(fs, args, getenv, &cfg); err != nil {
+		return err
+	}
+	if *email == "" || *pwFile == "" {
+		return &usageError{"admin user password: --email and --password-file are required"}
+	}
+	pw, err := readSecretFile(*pwFile)
+	if err != nil {
+		return fmt.Errorf("admin user password: %w", err)
+	}
+	if cfg.DatabaseURL == "" {
+		return &usageError{"no database: set --database-url, FLEETPLANE_DATABASE_URL(_FILE) or DATABASE_URL"}
+	}
+	a, err := newApp(ctx, cfg, newLogger(&cfg, io.Discard))
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	if err := a.svc.AdminSetPassword(ctx, *email, pw); err != nil {
+		return fmt.Errorf("admin user password: %s", controlplane.ErrorMessage(err))
+	}
+	fmt.Fprintf(stdout, "password set for %s; their sessions were ended\n", *email)
+	return nil
 }

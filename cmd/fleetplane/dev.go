@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"flag"
 	"fmt"
 	"io"
@@ -340,9 +342,15 @@ func runDev(ctx context.Context, args []string, getenv func(string) string, stdo
 	if err != nil {
 		return fmt.Errorf("seed demo tenant: %w", err)
 	}
+	demoPassword, err := demoPortalPassword(ctx, a, envPath)
+	if err != nil {
+		return fmt.Errorf("demo portal password: %w", err)
+	}
 	url := cfg.PublicURL
 	if err := writeDevEnv(envPath, url, key); err != nil {
-		ln.Close()
+		return err
+	}
+	if err := appendDevEnv(envPath, map[string]string{"FLEETPLANE_DEMO_EMAIL": demoEmail, "FLEETPLANE_DEMO_PASSWORD": demoPassword}); err != nil {
 		return err
 	}
 	if cfg.billingOn() {
@@ -358,6 +366,7 @@ func runDev(ctx context.Context, args []string, getenv func(string) string, stdo
 Fleetplane is running.
 
   Portal / API   %s
+  Portal login   %s / %s
   API key        %s
   Saved to       %s   (source it: set -a; . %s; set +a)
   Hub            %s (clients, nats CLI)   %s (vehicles, leafnodes)
@@ -368,7 +377,7 @@ Try it:
   curl -s $FLEETPLANE_URL/v1/openapi.json | head
 
 Ctrl-C stops everything, including the local Postgres.
-`, url, key, envPath, envPath, strings.Join(hub.client, ", "), strings.Join(hub.leaf, ", "), hub.ca.CAFile())
+`, url, demoEmail, demoPassword, key, envPath, envPath, strings.Join(hub.client, ", "), strings.Join(hub.leaf, ", "), hub.ca.CAFile())
 	if *simVehicles > 0 {
 		if *simVehicles > controlplane.FreeVehicleLimit {
 			ln.Close()
@@ -436,6 +445,21 @@ func seedDemo(ctx context.Context, a *app, envPath string, logger *slog.Logger) 
 		return "", err
 	}
 	return key, nil
+}
+
+// demoPortalPassword gives the demo owner a portal password: the one saved
+// in dev.env, else a new random one (set through the Service, so the
+// address counts as confirmed).
+func demoPortalPassword(ctx context.Context, a *app, envPath string) (string, error) {
+	if pw := readDevEnv(envPath)["FLEETPLANE_DEMO_PASSWORD"]; pw != "" {
+		return pw, nil
+	}
+	raw := make([]byte, 12)
+	if _, err := rand.Read(raw); err != nil {
+		return "", err
+	}
+	pw := "demo-" + base64.RawURLEncoding.EncodeToString(raw)
+	return pw, a.svc.AdminSetPassword(ctx, demoEmail, pw)
 }
 
 func readDevEnv(path string) map[string]string {
