@@ -274,9 +274,7 @@ func (s *server) fleetPage(w http.ResponseWriter, r *http.Request) error {
 		}
 		d.Picture = buildPicture(in)
 	}
-	p := s.newPage(w, r, f.Name, "fleets")
-	p.Data = d
-	s.render(w, r, http.StatusOK, "fleet.html", p)
+	s.show(w, r, http.StatusOK, "fleet.html", f.Name, "fleets", d)
 	return nil
 }
 
@@ -579,9 +577,7 @@ func (s *server) vehicleCommand(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if r.PostForm.Get("confirm") != "1" {
-		p := s.newPage(w, r, "Confirm: "+c.Label+" · "+v.VehicleID, "fleets")
-		p.Data = &confirmCommandData{Fleet: f, Vehicle: v, Command: c, Payload: string(c.Params)}
-		s.render(w, r, http.StatusOK, "confirm_command.html", p)
+		s.show(w, r, http.StatusOK, "confirm_command.html", "Confirm: "+c.Label+" · "+v.VehicleID, "fleets", &confirmCommandData{Fleet: f, Vehicle: v, Command: c, Payload: string(c.Params)})
 		return nil
 	}
 	d := &commandResultData{Fleet: f, Vehicle: v, Command: c}
@@ -613,9 +609,7 @@ func (s *server) vehicleCommand(w http.ResponseWriter, r *http.Request) error {
 	default:
 		return err
 	}
-	p := s.newPage(w, r, c.Label+" · "+v.VehicleID, "fleets")
-	p.Data = d
-	s.render(w, r, status, "command_result.html", p)
+	s.show(w, r, status, "command_result.html", c.Label+" · "+v.VehicleID, "fleets", d)
 	return nil
 }
 
@@ -660,17 +654,13 @@ func (s *server) vehicleRevoke(w http.ResponseWriter, r *http.Request) error {
 	}
 	d := &revokeData{Fleet: f, Vehicle: v}
 	if r.PostForm.Get("confirm") != "1" {
-		p := s.newPage(w, r, "Confirm: revoke "+v.VehicleID, "fleets")
-		p.Data = d
-		s.render(w, r, http.StatusOK, "confirm_revoke.html", p)
+		s.show(w, r, http.StatusOK, "confirm_revoke.html", "Confirm: revoke "+v.VehicleID, "fleets", d)
 		return nil
 	}
 	if d.Revocation, err = s.svc.RevokeVehicle(ctx, slug, v.VehicleID); err != nil {
 		return err
 	}
 	d.Latency = trimFloat(float64(d.Revocation.Latency.Microseconds())/1000, 1)
-	p := s.newPage(w, r, "Revoked "+v.VehicleID, "fleets")
-	p.Data = d
-	s.render(w, r, http.StatusOK, "revoke_result.html", p)
+	s.show(w, r, http.StatusOK, "revoke_result.html", "Revoked "+v.VehicleID, "fleets", d)
 	return nil
 }

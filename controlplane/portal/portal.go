@@ -417,18 +417,31 @@ func (s *server) parseTemplates() error {
 	return nil
 }
 
+// show renders page template name with a new page of title, nav and data.
+func (s *server) show(w http.ResponseWriter, r *http.Request, status int, name, title, nav string, data any) {
+	p := s.newPage(w, r, title, nav)
+	p.Data = data
+	s.render(w, r, status, name, p)
+}
+
 // render executes page template name with p into a buffer first, so a
 // template error never leaves half a page.
 func (s *server) render(w http.ResponseWriter, r *http.Request, status int, name string, p *page) {
-	t, ok := s.pages[name]
+	s.execute(w, r, status, name, "layout", p)
+}
+
+// execute runs template tmpl of page pageName (the whole page: "layout")
+// into a buffer, then writes it with status.
+func (s *server) execute(w http.ResponseWriter, r *http.Request, status int, pageName, tmpl string, p *page) {
+	t, ok := s.pages[pageName]
 	if !ok {
-		s.log.ErrorContext(r.Context(), "portal: no template", "name", name)
+		s.log.ErrorContext(r.Context(), "portal: no template", "name", pageName)
 		http.Error(w, "internal error", http.StatusInternalServerError)
 		return
 	}
 	var buf bytes.Buffer
-	if err := t.ExecuteTemplate(&buf, "layout", p); err != nil {
-		s.log.ErrorContext(r.Context(), "portal: rendering", "template", name, "err", err)
+	if err := t.ExecuteTemplate(&buf, tmpl, p); err != nil {
+		s.log.ErrorContext(r.Context(), "portal: rendering", "template", pageName, "part", tmpl, "err", err)
 		http.Error(w, "internal error", http.StatusInternalServerError)
 		return
 	}

@@ -1,7 +1,6 @@
 package portal
 
 import (
-	"bytes"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -289,9 +288,7 @@ func (s *server) createEnrollmentToken(w http.ResponseWriter, r *http.Request) e
 	if err != nil {
 		return err
 	}
-	p := s.newPage(w, r, "Enrollment token created", "fleets")
-	p.Data = &enrollCreatedData{Fleet: fl, Token: t, Command: s.installCommand(r, t.Secret), ListURL: enrollPath(fl.Slug)}
-	s.render(w, r, http.StatusOK, "enroll_created.html", p)
+	s.show(w, r, http.StatusOK, "enroll_created.html", "Enrollment token created", "fleets", &enrollCreatedData{Fleet: fl, Token: t, Command: s.installCommand(r, t.Secret), ListURL: enrollPath(fl.Slug)})
 	return nil
 }
 
@@ -438,9 +435,7 @@ func (s *server) createAPIKey(w http.ResponseWriter, r *http.Request) error {
 		}
 		return s.renderAPIKeys(w, r, settingsStatus(err), f, err)
 	}
-	p := s.newPage(w, r, "API key created", "api-keys")
-	p.Data = &apiKeyCreatedData{Key: k}
-	s.render(w, r, http.StatusOK, "api_key_created.html", p)
+	s.show(w, r, http.StatusOK, "api_key_created.html", "API key created", "api-keys", &apiKeyCreatedData{Key: k})
 	return nil
 }
 
@@ -461,21 +456,5 @@ func (s *server) revokeAPIKey(w http.ResponseWriter, r *http.Request) error {
 // renderFragment executes one named template of page (a partial) alone:
 // the grant preview that settings.js swaps into the form.
 func (s *server) renderFragment(w http.ResponseWriter, r *http.Request, status int, pageName, name string, p *page) {
-	t, ok := s.pages[pageName]
-	if !ok {
-		s.log.ErrorContext(r.Context(), "portal: no template", "name", pageName)
-		http.Error(w, "internal error", http.StatusInternalServerError)
-		return
-	}
-	var buf bytes.Buffer
-	if err := t.ExecuteTemplate(&buf, name, p); err != nil {
-		s.log.ErrorContext(r.Context(), "portal: rendering", "template", name, "err", err)
-		http.Error(w, "internal error", http.StatusInternalServerError)
-		return
-	}
-	h := w.Header()
-	h.Set("Content-Type", "text/html; charset=utf-8")
-	h.Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	_, _ = w.Write(buf.Bytes())
+	s.execute(w, r, status, pageName, name, p)
 }

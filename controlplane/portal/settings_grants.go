@@ -265,9 +265,7 @@ func (s *server) createGrant(w http.ResponseWriter, r *http.Request) error {
 	} else {
 		d.JWT = g.JWT
 	}
-	p := s.newPage(w, r, "Grant created", "grants")
-	p.Data = d
-	s.render(w, r, http.StatusOK, "grant_created.html", p)
+	s.show(w, r, http.StatusOK, "grant_created.html", "Grant created", "grants", d)
 	return nil
 }
 
@@ -351,9 +349,7 @@ func (s *server) grantsPage(w http.ResponseWriter, r *http.Request) error {
 	if page.NextCursor != "" {
 		d.Next = settingsPageLink("/grants", r.URL.Query(), page.NextCursor)
 	}
-	p := s.newPage(w, r, "Grants", "grants")
-	p.Data = d
-	s.render(w, r, http.StatusOK, "grants.html", p)
+	s.show(w, r, http.StatusOK, "grants.html", "Grants", "grants", d)
 	return nil
 }
 
@@ -377,9 +373,7 @@ func (s *server) grantPage(w http.ResponseWriter, r *http.Request) error {
 	if g.Description != "" {
 		title = "Grant: " + g.Description
 	}
-	p := s.newPage(w, r, title, "grants")
-	p.Data = d
-	s.render(w, r, http.StatusOK, "grant.html", p)
+	s.show(w, r, http.StatusOK, "grant.html", title, "grants", d)
 	return nil
 }
 
