@@ -230,8 +230,9 @@ func handledEvent(typ string) bool {
 }
 
 // eventTenant finds the tenant an event is about, locked: by its Stripe
-// customer, else (a checkout of a tenant whose customer was not stored
-// yet) by the tenant ID the event carries, which then gets the customer.
+// customer, else (a completed checkout of a tenant whose customer was not
+// stored yet) by the checkout's client_reference_id, which then gets the
+// customer.
 // nil when no tenant matches.
 func (s *Service) eventTenant(ctx context.Context, tx Store, ev *BillingEvent) (*Tenant, error) {
 	var t *Tenant
@@ -244,7 +245,10 @@ func (s *Service) eventTenant(ctx context.Context, tx Store, ev *BillingEvent) (
 			return nil, err
 		}
 	}
-	if t == nil && uuidRE.MatchString(ev.TenantID) && ev.CustomerID != "" {
+	// Only a completed checkout — which our own CheckoutSession started
+	// with client_reference_id = the tenant — binds a customer to a tenant;
+	// other events find their tenant by the customer alone.
+	if t == nil && ev.Type == EventCheckoutCompleted && uuidRE.MatchString(ev.TenantID) && ev.CustomerID != "" {
 		found, err := tx.FindTenantByID(ctx, ev.TenantID)
 		switch {
 		case ErrorCode(err) == ENOTFOUND:

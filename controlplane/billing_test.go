@@ -368,6 +368,19 @@ func TestBillingWebhooks(t *testing.T) {
 		subscriptionObj("sub_x", "cus_stranger", "active"))); r.Outcome != controlplane.OutcomeUnknownTenant {
 		t.Fatalf("unknown customer: %q", r.Outcome)
 	}
+	// Only a completed checkout binds a customer to a tenant by the tenant
+	// ID it carries: a subscription event naming another tenant (one
+	// without a customer) in its metadata binds nothing.
+	otherCtx := e.tenant(t, "Other")
+	other := e.tenantState(t, otherCtx)
+	named := subscriptionObj("sub_y", "cus_unbound", "active")
+	named["metadata"] = map[string]any{"tenant_id": other.ID}
+	if r := e.deliver(t, stripeEvent("evt_named", controlplane.EventSubscriptionCreated, now, named)); r.Outcome != controlplane.OutcomeUnknownTenant {
+		t.Fatalf("subscription naming a tenant: %q", r.Outcome)
+	}
+	if st := e.tenantState(t, otherCtx); st.StripeCustomerID != "" || st.Plan != controlplane.PlanFree {
+		t.Fatalf("a subscription event bound customer %q / plan %s", st.StripeCustomerID, st.Plan)
+	}
 	if r := e.deliver(t, active); r.Outcome != controlplane.OutcomeDuplicate {
 		t.Fatalf("replay: %q", r.Outcome)
 	}

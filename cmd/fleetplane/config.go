@@ -74,6 +74,9 @@ type Config struct {
 	SMTPUsername string `yaml:"smtp_username"`
 	SMTPPassword string `yaml:"smtp_password"`
 	SMTPInsecure bool   `yaml:"smtp_insecure"`
+	// MailToLog writes the e-mails to the log instead (development; serve
+	// refuses to start with neither).
+	MailToLog bool `yaml:"mail_to_log"`
 
 	// AgentDir holds the agent binaries served at /downloads/ for
 	// /install.sh: fleetplane-agent-linux-{arm64,amd64} and their .sha256
@@ -183,6 +186,7 @@ func (c *Config) settings() []setting {
 		{name: "smtp-from", usage: "sender address of the portal's e-mail", get: func() string { return c.SMTPFrom }, set: str(&c.SMTPFrom)},
 		{name: "smtp-username", usage: "SMTP user (AUTH PLAIN over TLS)", get: func() string { return c.SMTPUsername }, set: str(&c.SMTPUsername)},
 		{name: "smtp-password", usage: "SMTP password", secret: true, get: func() string { return redactSecret(c.SMTPPassword) }, set: str(&c.SMTPPassword)},
+		{name: "mail-to-log", usage: "write the portal's e-mails (with their links) to the log instead of sending them: development only", get: func() string { return strconv.FormatBool(c.MailToLog) }, set: boolSetter(&c.MailToLog)},
 		{name: "smtp-insecure", usage: "allow SMTP without STARTTLS (a relay on localhost only)", get: func() string { return strconv.FormatBool(c.SMTPInsecure) }, set: boolSetter(&c.SMTPInsecure)},
 		{name: "stripe-api-base", usage: "Stripe API base URL (stripe-mock in tests and dev)", get: func() string { return c.StripeAPIBase }, set: str(&c.StripeAPIBase)},
 	}

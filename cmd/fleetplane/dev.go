@@ -249,6 +249,7 @@ func runDev(ctx context.Context, args []string, getenv func(string) string, stdo
 	cfg.HTTPAddr = "127.0.0.1:8080"
 	cfg.LogFormat = "text"
 	cfg.Regions = []RegionConf{{Name: "local", DisplayName: "Local (dev)"}}
+	cfg.MailToLog = true // links of portal signups appear in the log
 	if err := loadConfig(fs, args, getenv, &cfg); err != nil {
 		return err
 	}

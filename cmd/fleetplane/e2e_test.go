@@ -402,7 +402,8 @@ func operatorEnv(t *testing.T, dbVar, dbURL string) map[string]string {
 	t.Helper()
 	var out bytes.Buffer
 	run(context.Background(), []string{"admin", "master-key", "generate"}, mapEnv(nil), &out, io.Discard)
-	env := map[string]string{dbVar: dbURL, "FLEETPLANE_MASTER_KEY": strings.TrimSpace(out.String())}
+	env := map[string]string{dbVar: dbURL, "FLEETPLANE_MASTER_KEY": strings.TrimSpace(out.String()),
+		"FLEETPLANE_MAIL_TO_LOG": "true"} // serve needs SMTP or this
 	if err := run(context.Background(), []string{"migrate", "up"}, mapEnv(env), io.Discard, io.Discard); err != nil {
 		t.Fatalf("migrate up: %v", err)
 	}

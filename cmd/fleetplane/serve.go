@@ -37,6 +37,12 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	if cfg.DatabaseURL == "" {
 		return &usageError{"no database: set --database-url, FLEETPLANE_DATABASE_URL(_FILE) or DATABASE_URL"}
 	}
+	// The portal mails sign-in, reset and invitation links: written to the
+	// log they are as good as passwords to whoever reads it.
+	if cfg.SMTPAddr == "" && !cfg.MailToLog {
+		return &usageError{"no smtp_addr: the portal's e-mails (confirmation, reset, invitations) need an SMTP server; " +
+			"set mail_to_log: true only where the log is as private as the mailboxes (development)"}
+	}
 	logger := newLogger(&cfg, stderr)
 	a, err := newApp(ctx, cfg, logger)
 	if err != nil {
@@ -174,7 +180,7 @@ func (a *app) wire(ctx context.Context) error {
 		Logger:    a.logger.With("component", "portal"),
 		PublicURL: cfg.PublicURL,
 		// Plain-http development only: browsers drop Secure cookies there.
-		InsecureCookies:     strings.HasPrefix(cfg.PublicURL, "http://") || cfg.PublicURL == "",
+		InsecureCookies:     strings.HasPrefix(cfg.PublicURL, "http://"),
 		TrustProxyHeaders:   cfg.TrustProxyHeaders,
 		SignupRatePerMinute: cfg.SignupRatePerMinute,
 	})
@@ -277,7 +283,9 @@ func (a *app) pruneIdempotencyKeys(ctx context.Context) {
 // log (development: the confirmation and reset links appear in the log).
 func (c *Config) mailer(logger *slog.Logger) (controlplane.Mailer, error) {
 	if c.SMTPAddr == "" {
-		logger.Warn("no smtp_addr: the portal's e-mails (with their links) are written to the log")
+		if c.MailToLog {
+			logger.Warn("mail_to_log: the portal's e-mails, with their sign-in links, are written to the log")
+		}
 		return mail.NewLogMailer(logger.With("component", "mail")), nil
 	}
 	if c.SMTPFrom == "" {

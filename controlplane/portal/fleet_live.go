@@ -25,6 +25,10 @@ const (
 	// at once, which checks the session cookie again (a signed-out or
 	// expired session stops getting updates).
 	liveMaxDuration = 10 * time.Minute
+	// liveSessionEvery is how often a stream re-checks its session: a
+	// signed-out or removed member, or a session past its expiry, stops
+	// getting updates within it.
+	liveSessionEvery = 30 * time.Second
 )
 
 func (s *server) fleetLive(w http.ResponseWriter, r *http.Request) error {
@@ -59,12 +63,18 @@ func (s *server) fleetLive(w http.ResponseWriter, r *http.Request) error {
 	defer pr.Stop()
 	end := time.NewTimer(liveMaxDuration)
 	defer end.Stop()
+	recheck := time.NewTicker(liveSessionEvery)
+	defer recheck.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-end.C:
 			return nil
+		case <-recheck.C:
+			if !s.sessionStillValid(r) {
+				return nil
+			}
 		case <-hb.C:
 			buf.WriteString(": heartbeat\n\n")
 		case <-pr.C:
@@ -81,6 +91,22 @@ func (s *server) fleetLive(w http.ResponseWriter, r *http.Request) error {
 			return nil // the client is gone
 		}
 	}
+}
+
+// sessionStillValid re-resolves the request's session cookie and checks
+// the caller still sees the fleet (its membership may have been removed or
+// its session ended since the stream began).
+func (s *server) sessionStillValid(r *http.Request) bool {
+	token, _ := r.Context().Value(tokenKey).(string)
+	if token == "" {
+		return false
+	}
+	p, _, err := s.svc.SessionAuth(r.Context(), token)
+	if err != nil {
+		return false
+	}
+	_, err = s.svc.Fleet(controlplane.NewContextWithPrincipal(r.Context(), p), chi.URLParam(r, "fleet"))
+	return err == nil
 }
 
 // flushTo writes and flushes buf, then empties it; false when the client

@@ -124,6 +124,11 @@ func (s *server) routes() {
 	}))
 	static := http.StripPrefix("/static/", http.FileServerFS(s.opts.Static))
 	r.Get("/static/*", func(w http.ResponseWriter, r *http.Request) {
+		// Files only: no directory listings.
+		if st, err := fs.Stat(s.opts.Static, strings.TrimPrefix(path.Clean(r.URL.Path), "/static/")); err != nil || st.IsDir() {
+			s.renderError(w, r, controlplane.Errorf(controlplane.ENOTFOUND, "there is no file at %s", r.URL.Path))
+			return
+		}
 		w.Header().Set("Cache-Control", "public, max-age=300")
 		static.ServeHTTP(w, r)
 	})

@@ -421,18 +421,24 @@ func (s *server) grantContext(w http.ResponseWriter, r *http.Request) error {
 // credsTTL is how long a creds file waits for its download.
 const credsTTL = 5 * time.Minute
 
-// maxPendingCreds bounds the store (the oldest file goes first).
-const maxPendingCreds = 10_000
+// maxPendingCreds bounds the store (the oldest file goes first), and
+// maxPendingCredsPerSession one session's share of it, so that one tenant
+// creating many grants cannot push out another's pending downloads.
+const (
+	maxPendingCreds           = 10_000
+	maxPendingCredsPerSession = 20
+)
 
 // grantCreds holds the creds files waiting for their one download. It is
 // process memory only: nothing is written to Postgres or disk.
-var grantCreds = &onceStore{ttl: credsTTL, max: maxPendingCreds}
+var grantCreds = &onceStore{ttl: credsTTL, max: maxPendingCreds, perSession: maxPendingCredsPerSession}
 
 type onceStore struct {
-	mu    sync.Mutex
-	ttl   time.Duration
-	max   int
-	items map[string]*onceItem
+	mu         sync.Mutex
+	ttl        time.Duration
+	max        int
+	perSession int
+	items      map[string]*onceItem
 }
 
 type onceItem struct {
@@ -451,8 +457,11 @@ func (o *onceStore) put(session, owner string, data []byte, now time.Time) strin
 		o.items = map[string]*onceItem{}
 	}
 	o.sweep(now)
+	for o.perSession > 0 && o.count(session) >= o.perSession {
+		o.dropOldest(session)
+	}
 	for len(o.items) >= o.max {
-		o.dropOldest()
+		o.dropOldest("")
 	}
 	o.items[key] = &onceItem{session: session, owner: owner, data: slices.Clone(data), expires: now.Add(o.ttl)}
 	return key
@@ -482,10 +491,24 @@ func (o *onceStore) sweep(now time.Time) {
 	}
 }
 
-func (o *onceStore) dropOldest() {
+func (o *onceStore) count(session string) int {
+	n := 0
+	for _, it := range o.items {
+		if it.session == session {
+			n++
+		}
+	}
+	return n
+}
+
+// dropOldest forgets the oldest item (of session, unless "").
+func (o *onceStore) dropOldest(session string) {
 	var oldest string
 	var at time.Time
 	for k, it := range o.items {
+		if session != "" && it.session != session {
+			continue
+		}
 		if oldest == "" || it.expires.Before(at) {
 			oldest, at = k, it.expires
 		}
