@@ -153,6 +153,9 @@ type BillingStore interface {
 	// stored before answers ECONFLICT (the caller's transaction then rolls
 	// back: the event was processed already).
 	RecordBillingEvent(ctx context.Context, ev *BillingEvent, tenantID, outcome string) error
+	// LatestBillingEventAt returns the creation time of the newest applied
+	// event of type typ of a tenant (zero when there is none).
+	LatestBillingEventAt(ctx context.Context, tenantID, typ string) (time.Time, error)
 	// FindSubscription returns a subscription (ENOTFOUND), locked until the
 	// transaction ends.
 	FindSubscription(ctx context.Context, id string) (*Subscription, error)

@@ -280,7 +280,15 @@ func (s *Service) applyBillingEvent(ctx context.Context, tx Store, iss Issuer, t
 		return s.applySubscription(ctx, tx, iss, t, ev, actor)
 	case ev.Invoice != nil && ev.Type == EventInvoicePaymentFailed:
 		// Stripe retries the payment; the subscription's own events
-		// (past_due, then canceled or unpaid) change the plan.
+		// (past_due, then canceled or unpaid) change the plan. A failure
+		// older than the last payment (delivered late) changes nothing.
+		paid, err := tx.LatestBillingEventAt(ctx, t.ID, EventInvoicePaid)
+		if err != nil {
+			return "", false, err
+		}
+		if ev.Created.Before(paid) {
+			return OutcomeStale, false, nil
+		}
 		if t.BillingStatus == BillingActive {
 			if err := tx.SetBillingStatus(ctx, t.ID, BillingPastDue); err != nil {
 				return "", false, err
@@ -291,7 +299,11 @@ func (s *Service) applyBillingEvent(ctx context.Context, tx Store, iss Issuer, t
 			"attempt_count": ev.Invoice.AttemptCount, "invoice_url": ev.Invoice.HostedURL,
 		})
 	case ev.Invoice != nil && ev.Type == EventInvoicePaid:
-		if t.BillingStatus == BillingPastDue {
+		failed, err := tx.LatestBillingEventAt(ctx, t.ID, EventInvoicePaymentFailed)
+		if err != nil {
+			return "", false, err
+		}
+		if t.BillingStatus == BillingPastDue && !ev.Created.Before(failed) {
 			if err := tx.SetBillingStatus(ctx, t.ID, BillingActive); err != nil {
 				return "", false, err
 			}

@@ -359,6 +359,16 @@ func TestBillingWebhooks(t *testing.T) {
 	if st := e.tenantState(t, ctx); st.BillingStatus != controlplane.BillingActive {
 		t.Fatalf("billing status %s after the invoice was paid", st.BillingStatus)
 	}
+	// A failure older than that payment, delivered late, changes nothing.
+	lateFailed := stripeEvent("evt_failed_late", controlplane.EventInvoicePaymentFailed, now.Add(-time.Minute), map[string]any{
+		"id": "in_0", "object": "invoice", "customer": customer, "subscription": "sub_9", "amount_due": 1500, "currency": "usd",
+	})
+	if r := e.deliver(t, lateFailed); r.Outcome != controlplane.OutcomeStale {
+		t.Fatalf("late payment failure: %q", r.Outcome)
+	}
+	if st := e.tenantState(t, ctx); st.BillingStatus != controlplane.BillingActive {
+		t.Fatalf("billing status %s after a late payment failure", st.BillingStatus)
+	}
 
 	// Unknown types and unknown customers are recorded and ignored.
 	if r := e.deliver(t, stripeEvent("evt_other", "customer.updated", now, map[string]any{"id": customer, "object": "customer"})); r.Outcome != controlplane.OutcomeIgnored {

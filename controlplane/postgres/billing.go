@@ -67,6 +67,19 @@ func (s *Store) RecordBillingEvent(ctx context.Context, ev *controlplane.Billing
 	return nil
 }
 
+// LatestBillingEventAt returns the newest applied event of a type of a
+// tenant (zero time when none).
+func (s *Store) LatestBillingEventAt(ctx context.Context, tenantID, typ string) (time.Time, error) {
+	var at *time.Time
+	err := s.db.QueryRow(ctx, `
+		SELECT max(created_at) FROM billing_events WHERE tenant_id = $1 AND type = $2 AND outcome = 'applied'`,
+		tenantID, typ).Scan(&at)
+	if err != nil || at == nil {
+		return time.Time{}, translate(err, "")
+	}
+	return *at, nil
+}
+
 const subscriptionColumns = `id, tenant_id, status, current_period_start, current_period_end, cancel_at_period_end, event_at`
 
 func scanSubscription(row pgx.Row) (*controlplane.Subscription, error) {
