@@ -17,6 +17,17 @@ import (
 // (existing address); login answers one generic error for every failure
 // and spends the same argon2id time on unknown addresses; a reset request
 // always answers the same and mails only known addresses.
+//
+// Invitations take effect only when accepted: InviteMember makes a
+// pending membership (accepted_at NULL), for a new address and for an
+// existing user alike, and mails a link; only spending that link accepts
+// it (a user without a password chooses one there, a user with one signs
+// in with it). A pending membership grants nothing: sign-in, sessions and
+// owner counts read accepted memberships only, and a password reset never
+// accepts an invitation. A signup's membership is accepted at once, but
+// confirming the signup's address takes the password chosen at signup, so
+// that whoever signed up with someone else's address gains nothing when
+// its owner clicks the link.
 
 // Mailer sends e-mail (controlplane/mail: a log sender for dev, SMTP).
 type Mailer interface {
@@ -53,11 +64,24 @@ type SessionCreated struct {
 
 // Member is a user's membership in the caller's tenant.
 type Member struct {
-	UserID    string
-	Email     string
-	Role      Role
-	Pending   bool // invited, no password set yet
-	CreatedAt time.Time
+	UserID  string
+	Email   string
+	Role    Role
+	Pending bool // invited, not accepted yet (AcceptedAt is nil)
+	// AcceptedAt is when the invitation was accepted (the creation for a
+	// signup's owner); nil while it is pending.
+	AcceptedAt *time.Time
+	CreatedAt  time.Time
+}
+
+// Invitation is a pending membership as its link's page shows it.
+type Invitation struct {
+	TenantName string
+	Email      string
+	Role       Role
+	// HasPassword: the invitee has an account already and accepts by
+	// signing in with its password; otherwise by choosing one.
+	HasPassword bool
 }
 
 // Defaults of the session lifetimes.
@@ -70,7 +94,7 @@ const (
 const (
 	TokenVerifyEmail   = "verify_email"   // portal signup confirmation (1 day)
 	TokenResetPassword = "reset_password" // password reset (1 hour)
-	TokenInvite        = "invite"         // team invitation: set a password (7 days)
+	TokenInvite        = "invite"         // team invitation: accept it (7 days)
 )
 
 // PortalSignupRequest is a signup from the portal.
@@ -83,9 +107,14 @@ type PortalSignupRequest struct {
 // The portal's Service methods (implemented in session_service.go):
 //
 //	PortalSignup(ctx, PortalSignupRequest) error — validation errors only
-//	  (EINVALID); otherwise always nil, mails a link or a notice.
-//	ConfirmEmail(ctx, token) (*SessionCreated, error) — confirms the
-//	  address (from the signup link) and signs the user in.
+//	  (EINVALID); otherwise always nil, mails a link or a notice. An
+//	  existing address without an accepted membership (an invitee who
+//	  never accepted, a removed member) signing up again with its current
+//	  password gets the organisation (see existingSignup).
+//	ConfirmEmail(ctx, token, password) (*SessionCreated, error) — confirms
+//	  the address (from the signup link) when password is the one chosen
+//	  at signup, and signs the user in; a wrong password is EUNAUTHORIZED
+//	  and leaves the link usable.
 //	Login(ctx, email, password) (*SessionCreated, error) — EUNAUTHORIZED
 //	  "incorrect e-mail or password" for every failure.
 //	SessionAuth(ctx, token) (*Principal, *Session, error) — resolves a
@@ -96,10 +125,16 @@ type PortalSignupRequest struct {
 //	  address; mails a link to a known one.
 //	ResetPassword(ctx, token, newPassword) error — sets it, deletes every
 //	  session of the user, confirms the address; EINVALID for a bad token.
-//	Members(ctx) ([]*Member, error) — viewer.
+//	  Accepts no invitation.
+//	Invitation(ctx, token) (*Invitation, error) — what an invitation link
+//	  is for, without spending it; EINVALID for a bad token.
+//	AcceptInvitation(ctx, token, password) (*SessionCreated, error) —
+//	  accepts the invitation (setting the password of a user without one,
+//	  checking it for a user with one) and signs the user in to its tenant.
+//	Members(ctx) ([]*Member, error) — viewer; pending invitations too.
 //	InviteMember(ctx, email string, role Role) (*Member, error) — admin;
-//	  mails a set-password link (an existing user is added at once and
-//	  told by mail).
+//	  a pending membership and a mailed link to accept it, for a new
+//	  address and an existing user alike.
 //	ChangeMemberRole(ctx, userID string, role Role) (*Member, error) —
 //	  admin; only an owner grants or takes owner; the last owner stays.
 //	RemoveMember(ctx, userID string) error — admin; not the last owner.
@@ -144,23 +179,34 @@ type SessionStore interface {
 	// VerifyUserEmail marks the address confirmed at `at` (unless it was).
 	VerifyUserEmail(ctx context.Context, userID string, at time.Time) error
 
-	// FindUserMemberships lists a user's memberships, oldest first.
+	// FindUserMemberships lists a user's accepted memberships, oldest
+	// first (pending invitations are left out).
 	FindUserMemberships(ctx context.Context, userID string) ([]*Membership, error)
+	// FindMember finds a member of the tenant, pending or not.
 	FindMember(ctx context.Context, tenantID, userID string) (*Member, error)
-	// FindMembers lists a tenant's members, oldest first.
+	// FindMembers lists a tenant's members, pending too, oldest first.
 	FindMembers(ctx context.Context, tenantID string) ([]*Member, error)
+	// CountOwners counts the tenant's accepted owners.
 	CountOwners(ctx context.Context, tenantID string) (int, error)
+	// CreatePendingMembership is CreateMembership for an invitation: the
+	// membership grants nothing until AcceptMembership.
+	CreatePendingMembership(ctx context.Context, m *Membership) error
+	// AcceptMembership accepts a pending membership at `at` and deletes
+	// its unused invitation tokens; ENOTFOUND when none is pending.
+	AcceptMembership(ctx context.Context, tenantID, userID string, at time.Time) error
 	UpdateMemberRole(ctx context.Context, tenantID, userID string, role Role) (*Member, error)
 	// DeleteMembership removes a member; the membership's sessions and
 	// tokens go with it.
 	DeleteMembership(ctx context.Context, tenantID, userID string) error
 
 	// CreateSession stores s (ID, UserID, TenantID, CSRF and the three
-	// times) with the hash of its token and where it was opened.
+	// times) with the hash of its token and where it was opened; ENOTFOUND
+	// without an accepted membership.
 	CreateSession(ctx context.Context, s *Session, tokenHash []byte, sourceIP, userAgent string) error
 	// FindSessionForAuth finds a session by its ID, in any tenant, with
 	// its user's e-mail, the membership's current role and its token
-	// hash: for authentication only.
+	// hash: for authentication only. A session whose membership is not
+	// accepted is not found.
 	FindSessionForAuth(ctx context.Context, id string) (*Session, []byte, error)
 	// TouchSession sets last_seen_at to at, unless it was set less than a
 	// minute before.

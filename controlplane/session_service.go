@@ -49,6 +49,14 @@ func errBadLink() error {
 	return Errorf(EINVALID, "this link is invalid, expired or already used; ask for a new one")
 }
 
+// errLinkPassword is the answer to a good link with the wrong password
+// (confirming a signup, accepting an invitation as an existing user): the
+// link stays usable.
+func errLinkPassword() error {
+	return &Error{Code: EUNAUTHORIZED, Message: "incorrect password",
+		Fields: []FieldError{{Field: "password", Message: "is not the password of this account"}}}
+}
+
 // sessionDefaults fills in the portal's part of cfg (NewService).
 func sessionDefaults(cfg *Config, logger *slog.Logger) {
 	if cfg.SessionTTL <= 0 {
@@ -125,9 +133,9 @@ func userPrincipal(ctx context.Context, tenantID string, role Role, userID strin
 // validation errors (EINVALID); otherwise nil at once, whether the
 // address is new or not, and does the rest after returning: a new address
 // gets a tenant, an owner whose address is not confirmed yet and a
-// confirmation link; an existing one a notice with a password reset link,
-// and nothing changes. Both answers take one argon2id hash, so neither
-// the answer nor its time tells whether the address has an account.
+// confirmation link; an existing one is existingSignup's. Both answers
+// take one argon2id hash, so neither the answer nor its time tells
+// whether the address has an account.
 func (s *Service) PortalSignup(ctx context.Context, req PortalSignupRequest) error {
 	var v ValidationError
 	org := strings.TrimSpace(req.Organisation)
@@ -142,12 +150,12 @@ func (s *Service) PortalSignup(ctx context.Context, req PortalSignupRequest) err
 	}
 	hash := password.Hash(req.Password, s.cfg.PasswordParams)
 	s.background(ctx, "portal signup", func(ctx context.Context) error {
-		return s.portalSignup(ctx, org, email, hash)
+		return s.portalSignup(ctx, org, email, req.Password, hash)
 	})
 	return nil
 }
 
-func (s *Service) portalSignup(ctx context.Context, org, email, hash string) error {
+func (s *Service) portalSignup(ctx context.Context, org, email, pw, hash string) error {
 	now := s.now()
 	var (
 		exists bool
@@ -181,7 +189,7 @@ func (s *Service) portalSignup(ctx context.Context, org, email, hash string) err
 			map[string]any{"name": t.Name, "plan": t.Plan, "owner_email": u.Email, "nats_account": a.PublicKey, "via": "portal"})
 	})
 	if exists {
-		return s.signupNotice(ctx, email, now)
+		return s.existingSignup(ctx, org, email, pw, now)
 	}
 	if err != nil {
 		return err
@@ -190,36 +198,117 @@ func (s *Service) portalSignup(ctx context.Context, org, email, hash string) err
 	return s.send(ctx, Mail{To: email, Subject: "Confirm your Fleetplane account", Text: fmt.Sprintf(
 		"Welcome to Fleetplane.\n\n"+
 			"Confirm your e-mail address to finish signing up %s, and sign in:\n\n%s\n\n"+
-			"The link works once, for %s. If you did not sign up, ignore this message.\n",
+			"The page asks for the password you chose when you signed up. The link works once, for %s.\n\n"+
+			"If you did not sign up, ignore this mail: without that password nobody can use the link, and nothing happens.\n",
 		org, link, hours(verifyEmailTTL))})
 }
 
-// signupNotice tells the owner of an existing address that someone signed
-// up with it, with a reset link (which also confirms the address).
-func (s *Service) signupNotice(ctx context.Context, email string, now time.Time) error {
+// existingSignup is a portal signup with an address that has an account.
+// Usually it mails a notice (with a reset link) and nothing changes. A
+// user without an accepted membership, though (an invitee who never
+// accepted, a removed member), would have no way to an organisation of
+// its own, since the address cannot sign up anew: when such a user has a
+// password and a confirmed address and signs up with that password
+// (proving what a sign-in proves), the organisation is created with it as
+// the owner, and it is told by mail. Without the password (someone else,
+// or an invitee who never chose one) it is the notice, which for such a
+// user says to choose a password through its link and sign up again. The
+// caller's answer is the same in every case.
+func (s *Service) existingSignup(ctx context.Context, org, email, pw string, now time.Time) error {
 	u, err := s.store.FindUserByEmail(ctx, email)
 	if err != nil {
 		return err
 	}
+	ms, err := s.store.FindUserMemberships(ctx, u.ID)
+	if err != nil {
+		return err
+	}
+	if len(ms) == 0 && u.EmailVerifiedAt != nil && s.passwordMatches(ctx, u, pw) {
+		return s.signupExistingUser(ctx, org, u)
+	}
+	return s.signupNotice(ctx, u, len(ms) == 0, now)
+}
+
+// signupExistingUser creates the organisation org owned by u, a user who
+// proved its password and has no accepted membership (existingSignup).
+func (s *Service) signupExistingUser(ctx context.Context, org string, u *UserAuth) error {
+	var t *Tenant
+	err := s.store.Tx(ctx, func(tx Store) error {
+		t = &Tenant{Name: org, Plan: s.cfg.DefaultPlan}
+		if err := tx.CreateTenant(ctx, t); err != nil {
+			return err
+		}
+		if err := tx.CreateMembership(ctx, &Membership{TenantID: t.ID, UserID: u.ID, Role: RoleOwner}); err != nil {
+			return err
+		}
+		a, err := s.createAccount(ctx, tx, t)
+		if err != nil {
+			return err
+		}
+		p := userPrincipal(ctx, t.ID, RoleOwner, u.ID)
+		return s.audit(ctx, tx, p, "tenant.create", "tenant", t.ID,
+			map[string]any{"name": t.Name, "plan": t.Plan, "owner_email": u.Email, "nats_account": a.PublicKey,
+				"via": "portal", "existing_user": true})
+	})
+	if err != nil {
+		return err
+	}
+	s.logger.InfoContext(ctx, "tenant created for an existing user", "tenant", t.ID, "plan", t.Plan, "user", u.ID, "via", "portal")
+	s.pushAfterCommit(ctx, t.ID)
+	return s.send(ctx, Mail{To: u.Email, Subject: "Your Fleetplane organisation " + org + " is ready", Text: fmt.Sprintf(
+		"You signed up %s on Fleetplane with your existing account. Sign in at %s/login.\n\n"+
+			"If it was not you, someone knows your password: choose a new one at %s/reset.\n",
+		org, s.baseURL(), s.baseURL())})
+}
+
+// signupNotice tells the owner of an existing address that someone signed
+// up with it, with a reset link (which also confirms the address). A user
+// without an accepted membership (noOrg) is told how to get one.
+func (s *Service) signupNotice(ctx context.Context, u *UserAuth, noOrg bool, now time.Time) error {
 	tok, err := s.createUserToken(ctx, s.store, TokenResetPassword, u.ID, "", now)
 	if err != nil {
 		return err
 	}
 	s.logger.InfoContext(ctx, "portal signup with an existing address; mailing a notice", "user", u.ID)
-	return s.send(ctx, Mail{To: email, Subject: "Your Fleetplane account", Text: fmt.Sprintf(
+	account := fmt.Sprintf("It already has an account: sign in at %s/login.", s.baseURL())
+	if noOrg {
+		account = "It already has an account, which is not a member of any organisation yet " +
+			"(invitations count once accepted through their own link). To sign up one of your own, " +
+			"choose a password with the link below (unless you know yours), then sign up again " +
+			"with this address and that password."
+	}
+	return s.send(ctx, Mail{To: u.Email, Subject: "Your Fleetplane account", Text: fmt.Sprintf(
 		"Someone, hopefully you, tried to sign up for Fleetplane with this e-mail address.\n"+
-			"It already has an account: sign in at %s/login.\n\n"+
+			"%s\n\n"+
 			"If you forgot your password, choose a new one here (the link works once, for %s):\n\n%s\n\n"+
 			"If it was not you, ignore this message: nothing has changed.\n",
-		s.baseURL(), hours(resetPasswordTTL), s.link("/reset", tok))})
+		account, hours(resetPasswordTTL), s.link("/reset", tok))})
 }
 
 // ConfirmEmail confirms the address with the token of the signup mail and
-// signs the user in to the tenant it signed up.
-func (s *Service) ConfirmEmail(ctx context.Context, token string) (*SessionCreated, error) {
+// the password chosen at signup, and signs the user in to the tenant it
+// signed up. The password makes a signup with someone else's address
+// worthless to whoever made it: the owner of the address, clicking the
+// link, cannot confirm without knowing it. The link is checked before the
+// password (a bad link costs no hashing); a wrong password is
+// EUNAUTHORIZED and does not spend the link.
+func (s *Service) ConfirmEmail(ctx context.Context, token, pw string) (*SessionCreated, error) {
 	now := s.now()
+	t, err := s.checkUserToken(ctx, s.store, token, now, TokenVerifyEmail)
+	if err != nil {
+		return nil, err
+	}
+	_, u, err := s.tokenMember(ctx, s.store, t)
+	if err != nil {
+		return nil, err
+	}
+	if !s.passwordMatches(ctx, u, pw) {
+		s.logger.InfoContext(ctx, "confirming an address failed", "reason", "wrong password", "user", u.ID,
+			"source_ip", RequestMetaFromContext(ctx).SourceIP)
+		return nil, errLinkPassword()
+	}
 	var out *SessionCreated
-	err := s.store.Tx(ctx, func(tx Store) error {
+	err = s.store.Tx(ctx, func(tx Store) error {
 		t, err := s.useUserToken(ctx, tx, token, now, TokenVerifyEmail)
 		if err != nil {
 			return err
@@ -238,6 +327,9 @@ func (s *Service) ConfirmEmail(ctx context.Context, token string) (*SessionCreat
 			return err
 		}
 		out, err = s.createSession(ctx, tx, p, m.Email, now)
+		if ErrorCode(err) == ENOTFOUND {
+			return errBadLink() // not an accepted membership
+		}
 		return err
 	})
 	if err != nil {
@@ -251,10 +343,11 @@ func (s *Service) ConfirmEmail(ctx context.Context, token string) (*SessionCreat
 
 // --- sign-in and sessions ---
 
-// Login signs a user in to its oldest membership's tenant with a new
-// session. Every failure (unknown address, wrong password, no password
-// yet, unconfirmed address, no membership) answers the same EUNAUTHORIZED
-// after one argon2id verification; the reason is logged.
+// Login signs a user in to its oldest accepted membership's tenant with a
+// new session (a pending invitation is no membership). Every failure
+// (unknown address, wrong password, no password yet, unconfirmed address,
+// no membership) answers the same EUNAUTHORIZED after one argon2id
+// verification; the reason is logged.
 func (s *Service) Login(ctx context.Context, email, pw string) (*SessionCreated, error) {
 	var u *UserAuth
 	addr, ok := normalizeEmail(email)
@@ -316,6 +409,21 @@ func (s *Service) Login(ctx context.Context, email, pw string) (*SessionCreated,
 		return nil, err
 	}
 	return out, nil
+}
+
+// passwordMatches reports whether pw is u's password; a user without one
+// matches nothing (after the same argon2id time, on the dummy hash).
+func (s *Service) passwordMatches(ctx context.Context, u *UserAuth, pw string) bool {
+	hash := s.dummyHash()
+	if u.PasswordHash != "" {
+		hash = u.PasswordHash
+	}
+	ok, err := password.Verify(pw, hash)
+	if err != nil {
+		s.logger.ErrorContext(ctx, "verifying a password failed", "user", u.ID, "err", err)
+		return false
+	}
+	return ok && u.PasswordHash != ""
 }
 
 func (s *Service) loginFailed(ctx context.Context, reason, userID string) {
@@ -449,20 +557,24 @@ func (s *Service) RequestPasswordReset(ctx context.Context, email string) error 
 	return nil
 }
 
-// ResetPassword sets a new password with the token of a reset or an
-// invitation link. It confirms the address (the link came by mail), ends
-// every session of the user and voids its other reset and invitation
-// links. A bad, used or expired token is EINVALID.
+// ResetPassword sets a new password with the token of a reset link. It
+// confirms the address (the link came by mail), ends every session of the
+// user and voids its other reset links. It accepts no invitation: a
+// pending membership stays pending. A bad, used or expired token is
+// EINVALID, found out before the new password is hashed.
 func (s *Service) ResetPassword(ctx context.Context, token, newPassword string) error {
 	var v ValidationError
 	validatePassword(&v, newPassword)
 	if err := v.Err(); err != nil {
 		return err
 	}
-	hash := password.Hash(newPassword, s.cfg.PasswordParams)
 	now := s.now()
+	if _, err := s.checkUserToken(ctx, s.store, token, now, TokenResetPassword); err != nil {
+		return err
+	}
+	hash := password.Hash(newPassword, s.cfg.PasswordParams)
 	return s.store.Tx(ctx, func(tx Store) error {
-		t, err := s.useUserToken(ctx, tx, token, now, TokenResetPassword, TokenInvite)
+		t, err := s.useUserToken(ctx, tx, token, now, TokenResetPassword)
 		if err != nil {
 			return err
 		}
@@ -476,7 +588,7 @@ func (s *Service) ResetPassword(ctx context.Context, token, newPassword string) 
 		if err != nil {
 			return err
 		}
-		if _, err := tx.DeleteUserTokens(ctx, t.UserID, TokenResetPassword, TokenInvite); err != nil {
+		if _, err := tx.DeleteUserTokens(ctx, t.UserID, TokenResetPassword); err != nil {
 			return err
 		}
 		ms, err := tx.FindUserMemberships(ctx, t.UserID)
@@ -495,6 +607,118 @@ func (s *Service) ResetPassword(ctx context.Context, token, newPassword string) 
 	})
 }
 
+// --- invitations ---
+
+// Invitation tells an invitation link's page what it is for, without
+// spending the link. A bad, used or expired link, or one whose invitation
+// was withdrawn or accepted, is EINVALID.
+func (s *Service) Invitation(ctx context.Context, token string) (*Invitation, error) {
+	t, err := s.checkUserToken(ctx, s.store, token, s.now(), TokenInvite)
+	if err != nil {
+		return nil, err
+	}
+	m, u, err := s.tokenMember(ctx, s.store, t)
+	if err != nil {
+		return nil, err
+	}
+	if !m.Pending {
+		return nil, errBadLink()
+	}
+	tn, err := s.store.FindTenantByID(ctx, t.TenantID)
+	if err != nil {
+		return nil, err
+	}
+	return &Invitation{TenantName: tn.Name, Email: m.Email, Role: m.Role, HasPassword: u.PasswordHash != ""}, nil
+}
+
+// AcceptInvitation accepts the invitation of token and signs the user in
+// to its tenant. A user without a password chooses one with pw (which
+// also confirms the address); a user with one proves it with pw, and a
+// wrong one is EUNAUTHORIZED. Either way the link is checked first (a bad
+// one costs no hashing) and spent only by a successful acceptance. Only
+// this accepts a membership made by InviteMember.
+func (s *Service) AcceptInvitation(ctx context.Context, token, pw string) (*SessionCreated, error) {
+	now := s.now()
+	t, err := s.checkUserToken(ctx, s.store, token, now, TokenInvite)
+	if err != nil {
+		return nil, err
+	}
+	m, u, err := s.tokenMember(ctx, s.store, t)
+	if err != nil {
+		return nil, err
+	}
+	if !m.Pending {
+		return nil, errBadLink()
+	}
+	var hash string // the new password's; "" = the user has one
+	if u.PasswordHash == "" {
+		var v ValidationError
+		validatePassword(&v, pw)
+		if err := v.Err(); err != nil {
+			return nil, err
+		}
+		hash = password.Hash(pw, s.cfg.PasswordParams)
+	} else if !s.passwordMatches(ctx, u, pw) {
+		s.logger.InfoContext(ctx, "accepting an invitation failed", "reason", "wrong password", "user", u.ID,
+			"tenant", t.TenantID, "source_ip", RequestMetaFromContext(ctx).SourceIP)
+		return nil, errLinkPassword()
+	}
+	var out *SessionCreated
+	err = s.store.Tx(ctx, func(tx Store) error {
+		if _, err := s.useUserToken(ctx, tx, token, now, TokenInvite); err != nil {
+			return err
+		}
+		cur, err := tx.FindUserByEmail(ctx, u.Email)
+		if err != nil {
+			return err
+		}
+		if cur.ID != u.ID || cur.PasswordHash != u.PasswordHash {
+			return Errorf(ECONFLICT, "the account's password changed meanwhile; open the link again")
+		}
+		ended := int64(0)
+		if hash != "" {
+			if err := tx.SetUserPassword(ctx, u.ID, hash, now); err != nil {
+				return err
+			}
+			if ended, err = tx.DeleteUserSessions(ctx, u.ID); err != nil {
+				return err
+			}
+			if _, err := tx.DeleteUserTokens(ctx, u.ID, TokenResetPassword); err != nil {
+				return err
+			}
+		}
+		if err := tx.VerifyUserEmail(ctx, u.ID, now); err != nil {
+			return err
+		}
+		if err := tx.AcceptMembership(ctx, t.TenantID, u.ID, now); ErrorCode(err) == ENOTFOUND {
+			return errBadLink() // withdrawn or accepted meanwhile
+		} else if err != nil {
+			return err
+		}
+		m, err := tx.FindMember(ctx, t.TenantID, u.ID)
+		if err != nil {
+			return err
+		}
+		p := userPrincipal(ctx, t.TenantID, m.Role, u.ID)
+		if hash != "" {
+			if err := s.audit(ctx, tx, p, "user.set_password", "user", u.ID,
+				map[string]any{"via": TokenInvite, "sessions_ended": ended}); err != nil {
+				return err
+			}
+		}
+		if err := s.audit(ctx, tx, p, "member.accept", "user", u.ID,
+			map[string]any{"email": m.Email, "role": string(m.Role), "password_set": hash != ""}); err != nil {
+			return err
+		}
+		out, err = s.createSession(ctx, tx, p, m.Email, now)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // --- members ---
 
 // Members lists the caller's tenant's members, oldest first.
@@ -506,11 +730,13 @@ func (s *Service) Members(ctx context.Context) ([]*Member, error) {
 	return s.store.FindMembers(ctx, p.TenantID)
 }
 
-// InviteMember adds the user with this address to the caller's tenant.
-// A new address becomes a pending member mailed a set-password link; a
-// user of another tenant with a password is added at once and told by
-// mail. Inviting a pending member again mails a new link (its role stays).
-// Only an owner makes owners.
+// InviteMember invites the user with this address to the caller's tenant:
+// a pending membership, which grants nothing until accepted, and a mailed
+// link that accepts it (AcceptInvitation). It is the same for a new
+// address (a user without a password is made) and for an existing user:
+// nobody is added to a tenant without spending the link. Inviting a
+// pending member again mails a new link (its role stays). Only an owner
+// makes owners.
 func (s *Service) InviteMember(ctx context.Context, email string, role Role) (*Member, error) {
 	p, err := s.authorize(ctx, RoleAdmin)
 	if err != nil {
@@ -564,25 +790,23 @@ func (s *Service) InviteMember(ctx context.Context, email string, role Role) (*M
 			}
 		}
 		if !resend {
-			if err := tx.CreateMembership(ctx, &Membership{TenantID: p.TenantID, UserID: u.ID, Role: role}); err != nil {
+			if err := tx.CreatePendingMembership(ctx, &Membership{TenantID: p.TenantID, UserID: u.ID, Role: role}); err != nil {
 				return err
 			}
 		}
-		if u.PasswordHash == "" {
-			tok, err := s.createUserToken(ctx, tx, TokenInvite, u.ID, p.TenantID, now)
-			if err != nil {
-				return err
-			}
-			mail = Mail{To: addr, Subject: "You are invited to " + t.Name + " on Fleetplane", Text: fmt.Sprintf(
-				"You are invited to join %s on Fleetplane as %s.\n\n"+
-					"Choose your password here to accept (the link works once, for %s):\n\n%s\n\n"+
-					"If you did not expect this, ignore this message.\n",
-				t.Name, role, hours(inviteTTL), s.link("/invite", tok))}
-		} else {
-			mail = Mail{To: addr, Subject: "You were added to " + t.Name + " on Fleetplane", Text: fmt.Sprintf(
-				"You were added to %s on Fleetplane as %s.\n\nSign in with your existing account at %s/login.\n",
-				t.Name, role, s.baseURL())}
+		tok, err := s.createUserToken(ctx, tx, TokenInvite, u.ID, p.TenantID, now)
+		if err != nil {
+			return err
 		}
+		how := "Choose your password here to accept"
+		if u.PasswordHash != "" {
+			how = "You have a Fleetplane account with this address: to accept, open this link and sign in with your password"
+		}
+		mail = Mail{To: addr, Subject: "You are invited to " + t.Name + " on Fleetplane", Text: fmt.Sprintf(
+			"You are invited to join %s on Fleetplane as %s.\n\n"+
+				"%s (the link works once, for %s):\n\n%s\n\n"+
+				"Nothing changes until you accept. If you did not expect this, ignore this message.\n",
+			t.Name, role, how, hours(inviteTTL), s.link("/invite", tok))}
 		if out, err = tx.FindMember(ctx, p.TenantID, u.ID); err != nil {
 			return err
 		}
@@ -621,7 +845,7 @@ func (s *Service) ChangeMemberRole(ctx context.Context, userID string, role Role
 			out = cur
 			return nil
 		}
-		if cur.Role == RoleOwner {
+		if cur.Role == RoleOwner && !cur.Pending {
 			if err := s.keepAnOwner(ctx, tx, p.TenantID, cur); err != nil {
 				return err
 			}
@@ -651,8 +875,10 @@ func (s *Service) RemoveMember(ctx context.Context, userID string) error {
 			if p.Role != RoleOwner {
 				return Errorf(EFORBIDDEN, "only an owner can remove an owner")
 			}
-			if err := s.keepAnOwner(ctx, tx, p.TenantID, cur); err != nil {
-				return err
+			if !cur.Pending { // an invited owner who has not accepted is none yet
+				if err := s.keepAnOwner(ctx, tx, p.TenantID, cur); err != nil {
+					return err
+				}
 			}
 		}
 		if err := tx.DeleteMembership(ctx, p.TenantID, userID); err != nil {
@@ -701,15 +927,16 @@ func (s *Service) createUserToken(ctx context.Context, tx Store, purpose, userID
 	return plaintext, nil
 }
 
-// useUserToken checks a link's token (its secret, one of the purposes,
-// unused, unexpired at now) and marks it used, inside tx. Every problem
-// is the same EINVALID.
-func (s *Service) useUserToken(ctx context.Context, tx Store, token string, now time.Time, purposes ...string) (*UserToken, error) {
+// checkUserToken checks a link's token in st (its secret, one of the
+// purposes, unused, unexpired at now) without spending it. Every problem
+// is the same EINVALID. Callers check the link before any password
+// hashing, so that a bad link costs no argon2id time.
+func (s *Service) checkUserToken(ctx context.Context, st Store, token string, now time.Time, purposes ...string) (*UserToken, error) {
 	id, sec, err := secret.Parse(UserTokenPrefix, token)
 	if err != nil {
 		return nil, errBadLink()
 	}
-	t, hash, err := tx.FindUserTokenForAuth(ctx, id)
+	t, hash, err := st.FindUserTokenForAuth(ctx, id)
 	if ErrorCode(err) == ENOTFOUND {
 		return nil, errBadLink()
 	} else if err != nil {
@@ -718,12 +945,41 @@ func (s *Service) useUserToken(ctx context.Context, tx Store, token string, now 
 	if !secret.Equal(sec, hash) || !slices.Contains(purposes, t.Purpose) || t.UsedAt != nil || !now.Before(t.ExpiresAt) {
 		return nil, errBadLink()
 	}
-	if err := tx.UseUserToken(ctx, id, now); ErrorCode(err) == ECONFLICT {
+	return t, nil
+}
+
+// useUserToken checks a link's token like checkUserToken and marks it
+// used, inside tx.
+func (s *Service) useUserToken(ctx context.Context, tx Store, token string, now time.Time, purposes ...string) (*UserToken, error) {
+	t, err := s.checkUserToken(ctx, tx, token, now, purposes...)
+	if err != nil {
+		return nil, err
+	}
+	if err := tx.UseUserToken(ctx, t.ID, now); ErrorCode(err) == ECONFLICT {
 		return nil, errBadLink()
 	} else if err != nil {
 		return nil, err
 	}
 	return t, nil
+}
+
+// tokenMember returns the membership a confirmation or invitation token
+// belongs to, and its user. A membership that went (its tokens with it,
+// but a caller may have checked the token before) is EINVALID.
+func (s *Service) tokenMember(ctx context.Context, st Store, t *UserToken) (*Member, *UserAuth, error) {
+	m, err := st.FindMember(ctx, t.TenantID, t.UserID)
+	if ErrorCode(err) == ENOTFOUND {
+		return nil, nil, errBadLink()
+	} else if err != nil {
+		return nil, nil, err
+	}
+	u, err := st.FindUserByEmail(ctx, m.Email)
+	if ErrorCode(err) == ENOTFOUND || (err == nil && u.ID != t.UserID) {
+		return nil, nil, errBadLink()
+	} else if err != nil {
+		return nil, nil, err
+	}
+	return m, u, nil
 }
 
 // baseURL is PublicURL without a trailing slash ("" = relative links).

@@ -90,7 +90,7 @@ func (e *portalEnv) signup(tb testing.TB, org, email string) (context.Context, *
 		tb.Fatalf("PortalSignup(%s): %v", email, err)
 	}
 	tok := fpmail.Token(e.mail(tb, email, "Confirm"), "/confirm")
-	sess, err := e.svc.ConfirmEmail(ctx, tok)
+	sess, err := e.svc.ConfirmEmail(ctx, tok, goodPassword)
 	if err != nil {
 		tb.Fatalf("ConfirmEmail: %v", err)
 	}
@@ -107,15 +107,15 @@ func (e *portalEnv) auth(tb testing.TB, token string) context.Context {
 	return controlplane.NewContextWithPrincipal(meta(), p)
 }
 
-// join invites email to ctx's tenant with role, sets the password through
-// the invitation and signs in.
+// join invites email (a new address) to ctx's tenant with role, sets the
+// password through the invitation and signs in.
 func (e *portalEnv) join(tb testing.TB, ctx context.Context, email string, role controlplane.Role) (context.Context, *controlplane.SessionCreated) {
 	tb.Helper()
 	if _, err := e.svc.InviteMember(ctx, email, role); err != nil {
 		tb.Fatalf("InviteMember(%s): %v", email, err)
 	}
 	tok := fpmail.Token(e.mail(tb, email, "invited"), "/invite")
-	if err := e.svc.ResetPassword(meta(), tok, goodPassword); err != nil {
+	if _, err := e.svc.AcceptInvitation(meta(), tok, goodPassword); err != nil {
 		tb.Fatalf("accepting the invitation: %v", err)
 	}
 	sess, err := e.svc.Login(meta(), email, goodPassword)
@@ -190,7 +190,13 @@ func TestPortalSignupNewAndExistingAddress(t *testing.T) {
 	_, err = e.svc.Login(ctx, "ops@acme.example", goodPassword)
 	WantCode(t, err, controlplane.EUNAUTHORIZED)
 
-	sess, err := e.svc.ConfirmEmail(ctx, fpmail.Token(confirm, "/confirm"))
+	// The link takes the password chosen at signup: not the second
+	// signup's, nor none; a wrong one leaves the link usable.
+	for _, pw := range []string{"another password 123", "", strings.ToUpper(goodPassword)} {
+		_, err = e.svc.ConfirmEmail(ctx, fpmail.Token(confirm, "/confirm"), pw)
+		WantCode(t, err, controlplane.EUNAUTHORIZED)
+	}
+	sess, err := e.svc.ConfirmEmail(ctx, fpmail.Token(confirm, "/confirm"), goodPassword)
 	if err != nil {
 		t.Fatalf("ConfirmEmail: %v", err)
 	}
@@ -198,9 +204,9 @@ func TestPortalSignupNewAndExistingAddress(t *testing.T) {
 		len(sess.CSRF) < 16 || sess.ExpiresAt.Sub(sess.CreatedAt) != controlplane.DefaultSessionTTL {
 		t.Fatalf("session %+v", sess)
 	}
-	_, err = e.svc.ConfirmEmail(ctx, fpmail.Token(confirm, "/confirm"))
+	_, err = e.svc.ConfirmEmail(ctx, fpmail.Token(confirm, "/confirm"), goodPassword)
 	WantCode(t, err, controlplane.EINVALID)
-	_, err = e.svc.ConfirmEmail(ctx, "fpt_garbage")
+	_, err = e.svc.ConfirmEmail(ctx, "fpt_garbage", goodPassword)
 	WantCode(t, err, controlplane.EINVALID)
 
 	// The second signup's password did not replace the first.
@@ -549,11 +555,23 @@ func TestInviteMembers(t *testing.T) {
 		t.Fatalf("InviteMember(pending) = %+v, %v", m, err)
 	}
 	again := e.mail(t, "new@acme.example", "You are invited")
-	if err := e.svc.ResetPassword(meta(), fpmail.Token(again, "/invite"), goodPassword); err != nil {
-		t.Fatalf("accepting: %v", err)
+	// The link's page learns what it is for; fetching spends nothing.
+	if in, err := e.svc.Invitation(meta(), fpmail.Token(again, "/invite")); err != nil ||
+		*in != (controlplane.Invitation{TenantName: "Acme", Email: "new@acme.example", Role: controlplane.RoleMember}) {
+		t.Fatalf("Invitation = %+v, %v", in, err)
+	}
+	// A weak password is refused before the link is spent.
+	_, err = e.svc.AcceptInvitation(meta(), fpmail.Token(again, "/invite"), "short")
+	WantCode(t, err, controlplane.EINVALID)
+	accepted, err := e.svc.AcceptInvitation(meta(), fpmail.Token(again, "/invite"), goodPassword)
+	if err != nil || accepted.TenantID != ows.TenantID || accepted.Role != controlplane.RoleMember {
+		t.Fatalf("accepting: %+v, %v", accepted, err)
 	}
 	// The first link went with the acceptance.
-	WantCode(t, e.svc.ResetPassword(meta(), fpmail.Token(inv, "/invite"), goodPassword), controlplane.EINVALID)
+	_, err = e.svc.AcceptInvitation(meta(), fpmail.Token(inv, "/invite"), goodPassword)
+	WantCode(t, err, controlplane.EINVALID)
+	_, err = e.svc.Invitation(meta(), fpmail.Token(inv, "/invite"))
+	WantCode(t, err, controlplane.EINVALID)
 	s, err := e.svc.Login(meta(), "new@acme.example", goodPassword)
 	if err != nil || s.TenantID != ows.TenantID || s.Role != controlplane.RoleMember {
 		t.Fatalf("Login(new) = %+v, %v", s, err)
@@ -561,28 +579,59 @@ func TestInviteMembers(t *testing.T) {
 	_, err = e.svc.InviteMember(owner, "new@acme.example", controlplane.RoleMember)
 	WantCode(t, err, controlplane.ECONFLICT)
 
-	// An existing user of another tenant is added at once.
+	// An existing user of another tenant is invited like anybody: pending
+	// until it accepts with its own password.
 	other, otherSess := e.signup(t, "Other", "boss@other.example")
 	m, err = e.svc.InviteMember(owner, "boss@other.example", controlplane.RoleViewer)
-	if err != nil || m.Pending || m.Role != controlplane.RoleViewer || m.UserID != otherSess.UserID {
+	if err != nil || !m.Pending || m.AcceptedAt != nil || m.Role != controlplane.RoleViewer || m.UserID != otherSess.UserID {
 		t.Fatalf("InviteMember(existing) = %+v, %v", m, err)
 	}
-	added := e.mail(t, "boss@other.example", "You were added to Acme")
-	if fpmail.Link(added, "/invite") != "" || !strings.Contains(added.Text, "https://fp.example/login") {
-		t.Fatalf("added mail: %q", added.Text)
+	invited := e.mail(t, "boss@other.example", "You are invited to Acme")
+	tok := fpmail.Token(invited, "/invite")
+	if tok == "" || !strings.Contains(invited.Text, "sign in with your password") {
+		t.Fatalf("invitation of an existing user: %q", invited.Text)
 	}
 	ms, err := e.svc.Members(owner)
-	if err != nil || len(ms) != 3 {
+	if err != nil || len(ms) != 3 || !ms[2].Pending {
 		t.Fatalf("Members = %v, %v", ms, err)
 	}
-	// Signing in still lands in the user's oldest tenant.
+	// Signing in lands in the user's own tenant: the invitation grants nothing.
 	s, err = e.svc.Login(meta(), "boss@other.example", goodPassword)
 	if err != nil || s.TenantID != otherSess.TenantID || s.Role != controlplane.RoleOwner {
+		t.Fatalf("Login(boss) = %+v, %v", s, err)
+	}
+	if in, err := e.svc.Invitation(meta(), tok); err != nil || !in.HasPassword || in.TenantName != "Acme" {
+		t.Fatalf("Invitation(existing) = %+v, %v", in, err)
+	}
+	// The existing user accepts with its password, not by choosing one; a
+	// wrong one leaves the link usable.
+	for _, pw := range []string{"a new password of mine", ""} {
+		_, err = e.svc.AcceptInvitation(meta(), tok, pw)
+		WantCode(t, err, controlplane.EUNAUTHORIZED)
+	}
+	accepted, err = e.svc.AcceptInvitation(meta(), tok, goodPassword)
+	if err != nil || accepted.TenantID != ows.TenantID || accepted.Role != controlplane.RoleViewer || accepted.UserID != otherSess.UserID {
+		t.Fatalf("AcceptInvitation(existing) = %+v, %v", accepted, err)
+	}
+	if m, err := e.svc.Members(owner); err != nil || m[2].Pending || m[2].AcceptedAt == nil {
+		t.Fatalf("Members after accepting = %+v, %v", m, err)
+	}
+	// Its password and its other sessions stay.
+	if _, _, err := e.svc.SessionAuth(meta(), s.Token); err != nil {
+		t.Fatalf("boss's own session after accepting: %v", err)
+	}
+	_, err = e.svc.AcceptInvitation(meta(), tok, goodPassword)
+	WantCode(t, err, controlplane.EINVALID)
+	// Signing in still lands in the user's oldest tenant.
+	if s, err := e.svc.Login(meta(), "boss@other.example", goodPassword); err != nil || s.TenantID != otherSess.TenantID {
 		t.Fatalf("Login(boss) = %+v, %v", s, err)
 	}
 	// Its other tenant is untouched.
 	if ms, err := e.svc.Members(other); err != nil || len(ms) != 1 {
 		t.Fatalf("Members(other) = %v, %v", ms, err)
+	}
+	if got := auditActions(t, e.svc, owner); !strings.Contains(got, "member.invite,member.accept,user.login") {
+		t.Errorf("audit = %s", got)
 	}
 
 	// Only owners make owners; bad input is EINVALID.
@@ -671,7 +720,7 @@ func TestSessionTenantIsolation(t *testing.T) {
 	if _, err := e.svc.InviteMember(a, "b@b.example", controlplane.RoleViewer); err != nil {
 		t.Fatal(err)
 	}
-	e.mail(t, "b@b.example", "added")
+	e.mail(t, "b@b.example", "invited")
 	// Being a member of A too does not widen B's session.
 	p, s, err := e.svc.SessionAuth(meta(), bs.Token)
 	if err != nil || p.TenantID != bs.TenantID || s.TenantID != bs.TenantID || p.Role != controlplane.RoleOwner {
@@ -743,5 +792,253 @@ func TestNoMailerLogsWithoutTheLink(t *testing.T) {
 	}
 	if strings.Contains(logs.String(), "fpt_") || strings.Contains(logs.String(), "?token=") {
 		t.Fatalf("the log shows the link: %s", logs.String())
+	}
+}
+
+// TestInvitationNeedsAcceptance: an invitation grants nothing until its
+// link is spent, whoever holds the address's account.
+func TestInvitationNeedsAcceptance(t *testing.T) {
+	t.Parallel()
+	e := newPortalEnv(t)
+	bigcorp, bs := e.signup(t, "BigCorp", "boss@bigcorp.example")
+
+	// (a) An attacker signs up through the API with a future employee's
+	// address (an API signup's address counts as confirmed); BigCorp
+	// invites that address later.
+	const attackerPassword = "the attacker's password"
+	res, err := e.svc.Signup(meta(), controlplane.SignupRequest{Organisation: "Squat", Email: "newhire@bigcorp.example", Password: attackerPassword})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := e.svc.InviteMember(bigcorp, "newhire@bigcorp.example", controlplane.RoleAdmin)
+	if err != nil || !m.Pending {
+		t.Fatalf("InviteMember(existing) = %+v, %v; want a pending member", m, err)
+	}
+	inv := e.mail(t, "newhire@bigcorp.example", "You are invited to BigCorp")
+	// The attacker signs in: to its own tenant only; BigCorp's session
+	// lookup, owner count and member list see no member.
+	s, err := e.svc.Login(meta(), "newhire@bigcorp.example", attackerPassword)
+	if err != nil || s.TenantID != res.Tenant.ID {
+		t.Fatalf("attacker's Login = %+v, %v; want its own tenant %s", s, err, res.Tenant.ID)
+	}
+	if ms, err := e.svc.Members(bigcorp); err != nil || len(ms) != 2 || !ms[1].Pending {
+		t.Fatalf("BigCorp's members = %+v, %v", ms, err)
+	}
+	// Removing the squat tenant's membership leaves no way in either.
+	if _, err := e.pool.Exec(context.Background(), `DELETE FROM memberships WHERE tenant_id = $1`, res.Tenant.ID); err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.svc.Login(meta(), "newhire@bigcorp.example", attackerPassword)
+	WantCode(t, err, controlplane.EUNAUTHORIZED)
+	// A reset (the attacker's own, or anybody's) accepts nothing.
+	if err := e.svc.RequestPasswordReset(meta(), "newhire@bigcorp.example"); err != nil {
+		t.Fatal(err)
+	}
+	reset := fpmail.Token(e.mail(t, "newhire@bigcorp.example", "Reset"), "/reset")
+	if err := e.svc.ResetPassword(meta(), reset, "the new hire's password"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.svc.Login(meta(), "newhire@bigcorp.example", "the new hire's password")
+	WantCode(t, err, controlplane.EUNAUTHORIZED)
+	// Nor is the invitation link a reset link.
+	WantCode(t, e.svc.ResetPassword(meta(), fpmail.Token(inv, "/invite"), "yet another password"), controlplane.EINVALID)
+	// Only its link, with the account's password, accepts it.
+	sess, err := e.svc.AcceptInvitation(meta(), fpmail.Token(inv, "/invite"), "the new hire's password")
+	if err != nil || sess.TenantID != bs.TenantID || sess.Role != controlplane.RoleAdmin {
+		t.Fatalf("AcceptInvitation = %+v, %v", sess, err)
+	}
+
+	// (b) An attacker's tenant invites a victim before the victim has an
+	// account; the victim later tries to sign up.
+	evil, _ := e.signup(t, "Evil", "mallory@evil.example")
+	if _, err := e.svc.InviteMember(evil, "victim@x.example", controlplane.RoleOwner); err != nil {
+		t.Fatal(err)
+	}
+	evilInv := e.mail(t, "victim@x.example", "You are invited to Evil")
+	if err := e.svc.PortalSignup(meta(), controlplane.PortalSignupRequest{Organisation: "Victim Co", Email: "victim@x.example", Password: goodPassword}); err != nil {
+		t.Fatal(err)
+	}
+	notice := e.mail(t, "victim@x.example", "Your Fleetplane account")
+	if !strings.Contains(notice.Text, "not a member of any organisation") {
+		t.Fatalf("notice to an invitee who never accepted: %q", notice.Text)
+	}
+	// The victim follows the notice: a password through its reset link.
+	if err := e.svc.ResetPassword(meta(), fpmail.Token(notice, "/reset"), goodPassword); err != nil {
+		t.Fatal(err)
+	}
+	// That accepted nothing: signing in finds no tenant (before, it
+	// landed in the attacker's).
+	_, err = e.svc.Login(meta(), "victim@x.example", goodPassword)
+	WantCode(t, err, controlplane.EUNAUTHORIZED)
+	// Signing up again with that password gets the victim its own
+	// organisation, where signing in lands.
+	if err := e.svc.PortalSignup(meta(), controlplane.PortalSignupRequest{Organisation: "Victim Co", Email: "victim@x.example", Password: goodPassword}); err != nil {
+		t.Fatal(err)
+	}
+	e.mail(t, "victim@x.example", "Victim Co is ready")
+	own, err := e.svc.Login(meta(), "victim@x.example", goodPassword)
+	if err != nil || own.Role != controlplane.RoleOwner {
+		t.Fatalf("Login after signing up again = %+v, %v", own, err)
+	}
+	if tn, err := e.svc.Tenant(e.auth(t, own.Token)); err != nil || tn.Name != "Victim Co" {
+		t.Fatalf("the victim's tenant = %+v, %v", tn, err)
+	}
+	if ms, err := e.svc.Members(e.auth(t, own.Token)); err != nil || len(ms) != 1 {
+		t.Fatalf("Victim Co's members = %+v, %v", ms, err)
+	}
+	// Evil's invitation is still pending (and still only an invitation).
+	if ms, err := e.svc.Members(evil); err != nil || len(ms) != 2 || !ms[1].Pending {
+		t.Fatalf("Evil's members = %+v, %v", ms, err)
+	}
+	if in, err := e.svc.Invitation(meta(), fpmail.Token(evilInv, "/invite")); err != nil || !in.HasPassword {
+		t.Fatalf("Evil's invitation = %+v, %v", in, err)
+	}
+}
+
+// TestSignupOfAnotherOrganisation: signing up again with an address that
+// has an accepted membership only mails the notice, even with the right
+// password; without the password nobody gets an organisation for it.
+func TestSignupOfAnotherOrganisation(t *testing.T) {
+	t.Parallel()
+	e := newPortalEnv(t)
+	e.signup(t, "Acme", "ops@acme.example")
+	if err := e.svc.PortalSignup(meta(), controlplane.PortalSignupRequest{Organisation: "Second", Email: "ops@acme.example", Password: goodPassword}); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.mail(t, "ops@acme.example", "Your Fleetplane account"); strings.Contains(n.Text, "not a member") {
+		t.Fatalf("notice: %q", n.Text)
+	}
+	// A member removed from its only tenant, and someone without its password.
+	owner, _ := e.signup(t, "Big", "owner@big.example")
+	_, gone := e.join(t, owner, "gone@big.example", controlplane.RoleMember)
+	if err := e.svc.RemoveMember(owner, gone.UserID); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.svc.PortalSignup(meta(), controlplane.PortalSignupRequest{Organisation: "Squat", Email: "gone@big.example", Password: "not their password"}); err != nil {
+		t.Fatal(err)
+	}
+	e.mail(t, "gone@big.example", "Your Fleetplane account")
+	if err := e.svc.PortalSignup(meta(), controlplane.PortalSignupRequest{Organisation: "Mine", Email: "gone@big.example", Password: goodPassword}); err != nil {
+		t.Fatal(err)
+	}
+	e.mail(t, "gone@big.example", "Mine is ready")
+	if n := e.count(t, `SELECT count(*) FROM tenants WHERE name IN ('Second', 'Squat')`); n != 0 {
+		t.Fatalf("%d tenants made without the password or for a member", n)
+	}
+	s, err := e.svc.Login(meta(), "gone@big.example", goodPassword)
+	if err != nil || s.Role != controlplane.RoleOwner {
+		t.Fatalf("Login = %+v, %v", s, err)
+	}
+}
+
+// TestConfirmNeedsTheSignupPassword: whoever signs up with someone else's
+// address gains nothing when its owner clicks the confirmation link.
+func TestConfirmNeedsTheSignupPassword(t *testing.T) {
+	t.Parallel()
+	e := newPortalEnv(t)
+	const attackerPassword = "the attacker's password"
+	if err := e.svc.PortalSignup(meta(), controlplane.PortalSignupRequest{Organisation: "Trap", Email: "victim@x.example", Password: attackerPassword}); err != nil {
+		t.Fatal(err)
+	}
+	m := e.mail(t, "victim@x.example", "Confirm")
+	if !strings.Contains(m.Text, "If you did not sign up, ignore this mail") || !strings.Contains(m.Text, "password you chose") {
+		t.Fatalf("confirmation mail: %q", m.Text)
+	}
+	tok := fpmail.Token(m, "/confirm")
+	// The victim clicks and types its own password: nothing happens.
+	for range 3 {
+		_, err := e.svc.ConfirmEmail(meta(), tok, goodPassword)
+		WantCode(t, err, controlplane.EUNAUTHORIZED)
+	}
+	_, err := e.svc.Login(meta(), "victim@x.example", attackerPassword)
+	WantCode(t, err, controlplane.EUNAUTHORIZED)
+	if n := e.count(t, `SELECT count(*) FROM users WHERE email = 'victim@x.example' AND email_verified_at IS NULL`); n != 1 {
+		t.Fatal("a wrong password confirmed the address")
+	}
+	// The link is not spent by wrong passwords: with the right one it works.
+	if _, err := e.svc.ConfirmEmail(meta(), tok, attackerPassword); err != nil {
+		t.Fatalf("ConfirmEmail(right password) after wrong ones: %v", err)
+	}
+}
+
+// TestPendingOwnerIsNoOwner: an invited owner who has not accepted does
+// not let the last owner go, and may be withdrawn.
+func TestPendingOwnerIsNoOwner(t *testing.T) {
+	t.Parallel()
+	e := newPortalEnv(t)
+	owner, first := e.signup(t, "Acme", "owner@acme.example")
+	m, err := e.svc.InviteMember(owner, "owner2@acme.example", controlplane.RoleOwner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.svc.ChangeMemberRole(owner, first.UserID, controlplane.RoleAdmin)
+	WantCode(t, err, controlplane.ECONFLICT)
+	WantCode(t, e.svc.RemoveMember(owner, first.UserID), controlplane.ECONFLICT)
+	// The pending owner's role changes and removal need no other owner.
+	if _, err := e.svc.ChangeMemberRole(owner, m.UserID, controlplane.RoleAdmin); err != nil {
+		t.Fatalf("demoting a pending owner: %v", err)
+	}
+	if err := e.svc.RemoveMember(owner, m.UserID); err != nil {
+		t.Fatalf("withdrawing an invitation: %v", err)
+	}
+	// Its link went with it.
+	_, err = e.svc.AcceptInvitation(meta(), fpmail.Token(e.mail(t, "owner2@acme.example", "invited"), "/invite"), goodPassword)
+	WantCode(t, err, controlplane.EINVALID)
+}
+
+// TestLinksCheckedBeforeHashing: a bad, used, expired or wrong-purpose
+// link is refused before any argon2id work. The Service below hashes with
+// costs that make argon2id panic, so any hashing shows.
+func TestLinksCheckedBeforeHashing(t *testing.T) {
+	t.Parallel()
+	e := newPortalEnv(t)
+	owner, _ := e.signup(t, "Acme", "ops@acme.example")
+	if err := e.svc.PortalSignup(meta(), controlplane.PortalSignupRequest{Organisation: "B", Email: "b@b.example", Password: goodPassword}); err != nil {
+		t.Fatal(err)
+	}
+	confirm := fpmail.Token(e.mail(t, "b@b.example", "Confirm"), "/confirm")
+	if _, err := e.svc.InviteMember(owner, "new@acme.example", controlplane.RoleMember); err != nil {
+		t.Fatal(err)
+	}
+	invite := fpmail.Token(e.mail(t, "new@acme.example", "invited"), "/invite")
+	reset := func() string {
+		t.Helper()
+		if err := e.svc.RequestPasswordReset(meta(), "ops@acme.example"); err != nil {
+			t.Fatal(err)
+		}
+		return fpmail.Token(e.mail(t, "ops@acme.example", "Reset"), "/reset")
+	}
+	used := reset()
+	if err := e.svc.ResetPassword(meta(), used, goodPassword); err != nil {
+		t.Fatal(err)
+	}
+	expired := reset()
+	e.advance(2 * time.Hour)
+
+	slow := controlplane.NewService(postgres.NewStore(e.pool), controlplane.Config{
+		Regions:        []controlplane.Region{{Name: "europe"}},
+		PasswordParams: password.Params{Memory: 64, Time: 0, Threads: 1}, // argon2id panics
+		Issuer:         mustIssuer(t, nil),
+		Mailer:         e.mails,
+	}, nil)
+	controlplane.SetNow(slow, e.clock)
+	try := func(what string, f func() error) {
+		t.Helper()
+		defer func() {
+			if r := recover(); r != nil {
+				t.Errorf("%s: hashed a password before refusing the link (%v)", what, r)
+			}
+		}()
+		WantCode(t, f(), controlplane.EINVALID)
+	}
+	forged := "fpt_aaaaaaaaaaaaaaaa_" + strings.Repeat("a", 52)
+	for _, tok := range []string{"", "garbage", forged, confirm, invite, used, expired} {
+		try("ResetPassword("+tok+")", func() error { return slow.ResetPassword(meta(), tok, "a new password 456") })
+	}
+	for _, tok := range []string{"", forged, confirm, used, expired} {
+		try("AcceptInvitation("+tok+")", func() error { _, err := slow.AcceptInvitation(meta(), tok, "a new password 456"); return err })
+	}
+	for _, tok := range []string{"", forged, invite, used, expired} {
+		try("ConfirmEmail("+tok+")", func() error { _, err := slow.ConfirmEmail(meta(), tok, goodPassword); return err })
 	}
 }

@@ -96,6 +96,7 @@ func TestPortalBrowser(t *testing.T) {
 		t.Fatalf("confirmation link %q does not point at the portal %s; mail:\n%s", link, s.url, m.Text)
 	}
 	b.load("open the e-mail's link", chromedp.Navigate(link))
+	b.Fill(`form[action="/confirm"] #password`, password) // the one chosen at signup
 	b.Submit(`form[action="/confirm"] button[type="submit"]`)
 	if loc := b.Location(); !strings.HasSuffix(loc, "/dashboard") {
 		t.Fatalf("after confirming: at %s", loc)

@@ -20,6 +20,11 @@ import (
 // button: the token is spent by the POST, never by the GET, so mail
 // scanners that fetch links do not use it up. The Service mails
 // /confirm?token=, /reset?token= and /invite?token=.
+//
+// Confirming a signup takes the password chosen at signup, and accepting
+// an invitation either chooses a password (a new user) or signs in with
+// the existing one: both pages check a password, so their POSTs (and the
+// reset's) are rate limited per client address like sign-ins.
 
 // loginFailed is the one message of every failed sign-in.
 const loginFailed = "Incorrect e-mail or password."
@@ -27,21 +32,25 @@ const loginFailed = "Incorrect e-mail or password."
 func (s *server) accountRoutes(r chi.Router) {
 	loginLimit := s.limit(orDefault(s.opts.LoginRatePerMinute, DefaultLoginRatePerMinute), "sign-in attempts")
 	signupLimit := s.limit(orDefault(s.opts.SignupRatePerMinute, DefaultSignupRatePerMinute), "sign-ups")
-	resetLimit := s.limit(orDefault(s.opts.ResetRatePerMinute, DefaultResetRatePerMinute), "password reset requests")
+	resetRate := orDefault(s.opts.ResetRatePerMinute, DefaultResetRatePerMinute)
+	resetLimit := s.limit(resetRate, "password reset requests")
+	// The e-mail links' forms (confirm, new password, invitation) share one
+	// limit at the reset rate: each POST may cost an argon2id hash.
+	linkLimit := s.limit(resetRate, "attempts with e-mail links")
 
 	r.Get("/signup", s.handle(s.signupPage))
 	r.With(signupLimit).Post("/signup", s.handle(s.signup))
 	r.Get("/confirm", s.handle(s.confirmPage))
-	r.Post("/confirm", s.handle(s.confirm))
+	r.With(linkLimit).Post("/confirm", s.handle(s.confirm))
 	r.Get("/login", s.handle(s.loginPage))
 	r.With(loginLimit).Post("/login", s.handle(s.login))
 	r.Post("/logout", s.logoutSignedOut(s.handle(s.logout)))
 	r.Get("/reset", s.handle(s.resetPage))
 	r.With(resetLimit).Post("/reset", s.handle(s.reset))
 	r.Get("/reset/confirm", s.handle(s.resetConfirmPage))
-	r.Post("/reset/confirm", s.handle(s.resetConfirm))
+	r.With(linkLimit).Post("/reset/confirm", s.handle(s.resetConfirm))
 	r.Get("/invite", s.handle(s.invitePage))
-	r.Post("/invite", s.handle(s.acceptInvite))
+	r.With(linkLimit).Post("/invite", s.handle(s.acceptInvite))
 	r.Group(func(r chi.Router) {
 		r.Use(s.requireSession)
 		r.Get("/team", s.handle(s.team))
@@ -67,6 +76,8 @@ type form struct {
 	Next   string            // login: a local path to go to afterwards
 	Token  string            // the e-mail link's token (confirm, reset, invite)
 	Sent   bool              // the "check your e-mail" state
+	// Invite is what an invitation link is for (the invite page).
+	Invite *controlplane.Invitation
 }
 
 // V is the value the user typed into field.
@@ -165,7 +176,7 @@ func (s *server) signup(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *server) confirmPage(w http.ResponseWriter, r *http.Request) error {
-	f := &form{Token: r.URL.Query().Get("token")}
+	f := &form{Token: r.URL.Query().Get("token"), Focus: "password"}
 	if f.Token == "" {
 		err := controlplane.Errorf(controlplane.EINVALID, "this link is incomplete; open the whole link from the e-mail")
 		s.renderForm(w, r, http.StatusBadRequest, "confirm.html", "Confirm your e-mail address", f, err)
@@ -175,13 +186,21 @@ func (s *server) confirmPage(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// confirm spends the signup link with the password chosen at signup. A
+// wrong password leaves the link usable: the form comes back with it.
 func (s *server) confirm(w http.ResponseWriter, r *http.Request) error {
-	created, err := s.svc.ConfirmEmail(withUserAgent(r), r.PostForm.Get("token"))
+	token := r.PostForm.Get("token")
+	created, err := s.svc.ConfirmEmail(withUserAgent(r), token, r.PostForm.Get("password"))
 	if err != nil {
 		if !tokenProblem(err) {
 			return err
 		}
-		s.renderForm(w, r, http.StatusBadRequest, "confirm.html", "Confirm your e-mail address", &form{}, err)
+		f, status := &form{}, http.StatusBadRequest
+		if controlplane.ErrorCode(err) == controlplane.EUNAUTHORIZED {
+			f.fail(err, "password")
+			f.Token, status = token, http.StatusUnauthorized
+		}
+		s.renderForm(w, r, status, "confirm.html", "Confirm your e-mail address", f, err)
 		return nil
 	}
 	s.startSession(w, r, created)
@@ -308,15 +327,61 @@ func (s *server) resetConfirm(w http.ResponseWriter, r *http.Request) error {
 	return s.setPassword(w, r, "reset_confirm.html", "Choose a new password")
 }
 
+const inviteTitle = "Join your team"
+
+// invitePage shows what an invitation is for and its form: a new password
+// for a user without one, a sign-in for a user with one. Fetching it
+// spends nothing.
 func (s *server) invitePage(w http.ResponseWriter, r *http.Request) error {
-	return s.passwordPage(w, r, "invite.html", "Join your team")
+	token := r.URL.Query().Get("token")
+	if token == "" {
+		err := controlplane.Errorf(controlplane.EINVALID, "this link is incomplete; open the whole link from the e-mail")
+		s.renderForm(w, r, http.StatusBadRequest, "invite.html", inviteTitle, &form{}, err)
+		return nil
+	}
+	inv, err := s.svc.Invitation(r.Context(), token)
+	if err != nil {
+		if !tokenProblem(err) {
+			return err
+		}
+		s.renderForm(w, r, http.StatusBadRequest, "invite.html", inviteTitle, &form{}, err)
+		return nil
+	}
+	s.renderForm(w, r, http.StatusOK, "invite.html", inviteTitle, &form{Token: token, Invite: inv, Focus: "password"}, nil)
+	return nil
 }
 
+// acceptInvite spends an invitation link: the user joins the team and is
+// signed in to it. A weak new password or a wrong existing one leaves the
+// link usable: the form comes back with it.
 func (s *server) acceptInvite(w http.ResponseWriter, r *http.Request) error {
-	return s.setPassword(w, r, "invite.html", "Join your team")
+	token := r.PostForm.Get("token")
+	created, err := s.svc.AcceptInvitation(withUserAgent(r), token, r.PostForm.Get("password"))
+	if err != nil {
+		if !tokenProblem(err) {
+			return err
+		}
+		f, status := &form{}, http.StatusBadRequest
+		f.fail(err, "password")
+		if _, ok := f.Errors["password"]; ok {
+			// The link is fine, the password is not: try again.
+			inv, ierr := s.svc.Invitation(r.Context(), token)
+			if ierr == nil {
+				f.Token, f.Invite = token, inv
+			}
+			if controlplane.ErrorCode(err) == controlplane.EUNAUTHORIZED {
+				status = http.StatusUnauthorized
+			}
+		}
+		s.renderForm(w, r, status, "invite.html", inviteTitle, f, err)
+		return nil
+	}
+	s.startSession(w, r, created)
+	redirect(w, r, "/dashboard", "")
+	return nil
 }
 
-// passwordPage is the form behind a reset or invitation link.
+// passwordPage is the form behind a reset link.
 func (s *server) passwordPage(w http.ResponseWriter, r *http.Request, name, title string) error {
 	f := &form{Token: r.URL.Query().Get("token"), Focus: "password"}
 	if f.Token == "" {
@@ -328,8 +393,8 @@ func (s *server) passwordPage(w http.ResponseWriter, r *http.Request, name, titl
 	return nil
 }
 
-// setPassword spends a reset or invitation token: the password is set,
-// every session of the user ends, and the user signs in with it.
+// setPassword spends a reset token: the password is set, every session
+// of the user ends, and the user signs in with it.
 func (s *server) setPassword(w http.ResponseWriter, r *http.Request, name, title string) error {
 	token := r.PostForm.Get("token")
 	if err := s.svc.ResetPassword(r.Context(), token, r.PostForm.Get("password")); err != nil {

@@ -30,7 +30,18 @@ func TestSignupConfirmSignsIn(t *testing.T) {
 	if page.setCookie(e.sessionCookie()) != nil {
 		t.Fatal("GET /confirm set a session cookie")
 	}
-	res := b.submit(link, "/confirm", url.Values{"token": {tok}}).redirectsTo(t, "/dashboard")
+	page.contains(t, `autocomplete="current-password"`, "If you did not sign up")
+	// The page asks for the password chosen at signup: whoever clicks the
+	// link without it (the owner of an address someone else signed up
+	// with) confirms nothing, and the link stays usable.
+	for _, pw := range []string{"", "the victim's own password"} {
+		res := b.submit(link, "/confirm", url.Values{"token": {tok}, "password": {pw}}).must(t, http.StatusUnauthorized)
+		res.contains(t, `id="password-error"`, `name="token"`).lacks(t, "the victim's own password")
+		if b.sessionToken() != "" {
+			t.Fatal("a wrong password signed someone in")
+		}
+	}
+	res := b.submit(link, "/confirm", url.Values{"token": {tok}, "password": {testPassword}}).redirectsTo(t, "/dashboard")
 	if c := res.setCookie(e.sessionCookie()); c == nil || c.Value == "" {
 		t.Fatal("confirming set no session cookie")
 	}
@@ -42,7 +53,7 @@ func TestSignupConfirmSignsIn(t *testing.T) {
 
 	// The link is single-use.
 	other := e.newBrowser()
-	other.submit(link, "/confirm", url.Values{"token": {tok}}).must(t, http.StatusBadRequest).
+	other.submit(link, "/confirm", url.Values{"token": {tok}, "password": {testPassword}}).must(t, http.StatusBadRequest).
 		contains(t, "sign up again")
 	if other.sessionToken() != "" {
 		t.Fatal("a spent confirmation link signed someone in")
@@ -189,11 +200,71 @@ func TestInviteLinkIsSingleUse(t *testing.T) {
 	link := e.mailLink(email, "/invite")
 	tok := tokenOf(t, link)
 	b := e.newBrowser()
-	b.get(link).must(t, http.StatusOK).contains(t, "Join your team")
+	b.get(link).must(t, http.StatusOK).contains(t, "Join your team", "Acme", `autocomplete="new-password"`)
 	b.get(link).must(t, http.StatusOK) // fetching twice spends nothing
-	b.submit(link, "/invite", url.Values{"token": {tok}, "password": {testPassword}}).redirectsTo(t, "/login?m=password-set")
-	e.newBrowser().submit(link, "/invite", url.Values{"token": {tok}, "password": {"a different password"}}).
-		must(t, http.StatusBadRequest)
+	// Not signed in before accepting; a weak password leaves the link usable.
+	e.newBrowser().login(email, testPassword).must(t, http.StatusUnauthorized)
+	b.submit(link, "/invite", url.Values{"token": {tok}, "password": {"too short"}}).must(t, http.StatusBadRequest).
+		contains(t, `id="password-error"`, `name="token"`)
+	b.submit(link, "/invite", url.Values{"token": {tok}, "password": {testPassword}}).redirectsTo(t, "/dashboard")
+	if s := b.session(); s.Email != email || s.Role != controlplane.RoleViewer {
+		t.Fatalf("session after accepting: %+v", s)
+	}
+	owner.get("/team").must(t, http.StatusOK).contains(t, email, "Active").lacks(t, "Invited")
+	// Spent: its page says so, and posting it again does nothing.
+	late := e.newBrowser()
+	late.get(link).must(t, http.StatusBadRequest).contains(t, "accepted already")
+	late.get("/login") // a page with a CSRF token
+	late.post("/invite", url.Values{"token": {tok}, "password": {"a different password"}}).must(t, http.StatusBadRequest)
+	if late.sessionToken() != "" {
+		t.Fatal("a spent invitation link signed someone in")
+	}
 	e.newBrowser().login(email, testPassword).redirectsTo(t, "/dashboard")
 	e.newBrowser().login(email, "a different password").must(t, http.StatusUnauthorized)
+}
+
+// TestInviteExistingUser: a user with an account is invited like anybody:
+// the invitation grants nothing until its link is spent with the user's
+// own password, and a password reset does not accept it.
+func TestInviteExistingUser(t *testing.T) {
+	t.Parallel()
+	e := newPortalEnv(t)
+	owner := e.newAccount("Acme")
+	other := e.newAccount("Other")
+	owner.submit("/team", "/team/invite", url.Values{"email": {other.email}, "role": {"admin"}}).redirectsTo(t, "/team?m=invited")
+	owner.get("/team").must(t, http.StatusOK).contains(t, other.email, "Invited")
+	link := e.mailLink(other.email, "/invite")
+	tok := tokenOf(t, link)
+
+	// Signing in, and a reset, still lead to its own tenant only.
+	b := e.newBrowser()
+	b.login(other.email, other.password).redirectsTo(t, "/dashboard")
+	if got := b.session().TenantID; got != other.session().TenantID {
+		t.Fatalf("signed in to %s, want its own tenant", got)
+	}
+	b.submit("/reset", "/reset", url.Values{"email": {other.email}}).redirectsTo(t, "/reset?m=check-mail")
+	reset := e.mailLink(other.email, "/reset")
+	other.password = "a new password of mine"
+	b.submit(reset, "/reset/confirm", url.Values{"token": {tokenOf(t, reset)}, "password": {other.password}}).
+		redirectsTo(t, "/login?m=password-set")
+	b.login(other.email, other.password).redirectsTo(t, "/dashboard")
+	if got := b.session().TenantID; got == owner.session().TenantID {
+		t.Fatal("a password reset accepted the invitation")
+	}
+	owner.get("/team").must(t, http.StatusOK).contains(t, "Invited")
+	// The invitation link cannot set a password for it.
+	b.submit(link, "/invite", url.Values{"token": {tok}, "password": {"the inviter's choice 123"}}).
+		must(t, http.StatusUnauthorized).contains(t, `id="password-error"`, `name="token"`)
+	e.newBrowser().login(other.email, "the inviter's choice 123").must(t, http.StatusUnauthorized)
+
+	// The page asks for the account's password and signs in to the team.
+	page := b.get(link).must(t, http.StatusOK)
+	page.contains(t, `autocomplete="current-password"`, "Sign in and join", "Acme").lacks(t, `autocomplete="new-password"`)
+	b.submit(link, "/invite", url.Values{"token": {tok}, "password": {other.password}}).redirectsTo(t, "/dashboard")
+	if s := b.session(); s.TenantID != owner.session().TenantID || s.Role != controlplane.RoleAdmin {
+		t.Fatalf("session after accepting: %+v", s)
+	}
+	owner.get("/team").must(t, http.StatusOK).lacks(t, "Invited")
+	e.newBrowser().submit("/login", "/login", url.Values{"email": {other.email}, "password": {other.password}}).
+		redirectsTo(t, "/dashboard")
 }

@@ -2,6 +2,7 @@ package portal_test
 
 import (
 	"context"
+	"fmt"
 	"html"
 	"net/http"
 	"net/url"
@@ -189,7 +190,7 @@ func TestSessionFixation(t *testing.T) {
 		redirectsTo(t, "/signup?m=check-mail")
 	link := e.mailLink(email, "/confirm")
 	c.get(link).must(t, http.StatusOK)
-	c.post("/confirm", url.Values{"token": {tokenOf(t, link)}}).redirectsTo(t, "/dashboard")
+	c.post("/confirm", url.Values{"token": {tokenOf(t, link)}, "password": {testPassword}}).redirectsTo(t, "/dashboard")
 	if c.sessionToken() == ownerTok || c.session().Email != email {
 		t.Fatal("confirming did not start a new session")
 	}
@@ -591,9 +592,9 @@ func TestSecurityHeaders(t *testing.T) {
 			checkPage(t, owner.submit("/team", "/team/invite", url.Values{"email": {"bad"}, "role": {"admin"}}), secure)
 			checkPage(t, owner.post("/team/invite", url.Values{"csrf": {"wrong"}}), secure)
 			checkPage(t, anon.submit("/signup", "/signup", url.Values{"organisation": {"X"}, "email": {"bad"}, "password": {"x"}}), secure)
-			// addMember signed in once; the third attempt here is limited.
+			// The limit is 3: the fourth attempt here is limited.
 			limited := false
-			for range 3 {
+			for range 4 {
 				res := anon.submit("/login", "/login", url.Values{"email": {"a@example.com"}, "password": {"wrong password"}})
 				checkPage(t, res, secure)
 				limited = limited || res.status == http.StatusTooManyRequests
@@ -617,7 +618,7 @@ func TestRateLimits(t *testing.T) {
 	// The signup limit is 2 per minute: use one here, one below.
 	owner.signup("Acme", owner.email, testPassword)
 	link := e.mailLink(owner.email, "/confirm")
-	owner.submit(link, "/confirm", url.Values{"token": {tokenOf(t, link)}}).redirectsTo(t, "/dashboard")
+	owner.submit(link, "/confirm", url.Values{"token": {tokenOf(t, link)}, "password": {testPassword}}).redirectsTo(t, "/dashboard")
 
 	b := e.newBrowser()
 	for i := range 3 {
@@ -648,6 +649,37 @@ func TestRateLimits(t *testing.T) {
 	if n := len(e.mailsTo(owner.email)); n != 3 {
 		t.Fatalf("%d mails to %s, want 3", n, owner.email)
 	}
+}
+
+// TestLinkRateLimits: the forms behind e-mail links (confirm, new
+// password, invitation) check passwords or hash new ones, so their posts
+// share a limit per client address; their pages are not limited.
+func TestLinkRateLimits(t *testing.T) {
+	t.Parallel()
+	e := newPortalEnv(t, withPortal(func(o *portal.Options) { o.ResetRatePerMinute = 3 }))
+	b := e.newBrowser()
+	email := newEmail("owner")
+	b.signup("Acme", email, testPassword)
+	link := e.mailLink(email, "/confirm")
+	tok := tokenOf(t, link)
+	for i := range 3 {
+		b.submit(link, "/confirm", url.Values{"token": {tok}, "password": {fmt.Sprintf("guess number %d", i)}}).
+			must(t, http.StatusUnauthorized)
+	}
+	// The right password is refused too while the limit holds, and so are
+	// the other links' forms.
+	res := b.submit(link, "/confirm", url.Values{"token": {tok}, "password": {testPassword}}).
+		must(t, http.StatusTooManyRequests).contains(t, "too many attempts with e-mail links")
+	if res.header.Get("Retry-After") == "" || b.sessionToken() != "" {
+		t.Fatal("429 without Retry-After, or signed in past the limit")
+	}
+	for _, path := range []string{"/reset/confirm", "/invite"} {
+		b.get("/login")
+		b.post(path, url.Values{"token": {tok}, "password": {testPassword}}).must(t, http.StatusTooManyRequests)
+	}
+	b.get(link).must(t, http.StatusOK)
+	// Sign-in has its own limit.
+	e.newBrowser().login(email, testPassword).must(t, http.StatusUnauthorized) // not confirmed
 }
 
 // TestNoOpenRedirect: next= only ever leads to a path of the portal.
@@ -745,6 +777,9 @@ func TestNoSecretsInPages(t *testing.T) {
 	// A link's page holds its own token (in the form that spends it) only.
 	if p := anon.get("/reset/confirm?token=" + url.QueryEscape(resetTok)); !strings.Contains(p.body, resetTok) || strings.Contains(p.body, inviteTok) {
 		t.Error("the reset page does not carry (only) its token")
+	}
+	if p := anon.get("/invite?token=" + url.QueryEscape(inviteTok)); !strings.Contains(p.body, inviteTok) || strings.Contains(p.body, resetTok) {
+		t.Error("the invitation page does not carry (only) its token")
 	}
 	logs := e.logs.String()
 	for _, s := range secrets[:4] {

@@ -84,6 +84,12 @@ func TestMigrations(t *testing.T) {
 			" regions tenant_streams" +
 			" billing_events billing_subscriptions usage_daily usage_hub_counters usage_reports usage_vehicle_days" +
 			" sessions user_tokens",
+		// 11: membership acceptance adds a column only.
+		core + " " + river + " river_notification" +
+			" agent_nonces enrollment_tokens grants nats_accounts nats_operator nats_user_keys revocations" +
+			" regions tenant_streams" +
+			" billing_events billing_subscriptions usage_daily usage_hub_counters usage_reports usage_vehicle_days" +
+			" sessions user_tokens",
 	}
 	last := uint(len(want))
 

@@ -10,7 +10,11 @@ import (
 )
 
 // Portal accounts, memberships and sessions (controlplane/session.go,
-// migration 000010).
+// migrations 000010 and 000011).
+//
+// A membership with accepted_at NULL is a pending invitation: every read
+// that decides what a user may do (FindUserMemberships, CountOwners,
+// FindSessionForAuth, CreateSession) sees accepted memberships only.
 
 // CreatePortalUser inserts u with its address not confirmed yet and sets
 // its ID and CreatedAt. passwordHash "" stores no password.
@@ -59,11 +63,12 @@ func (s *Store) VerifyUserEmail(ctx context.Context, userID string, at time.Time
 		userID, at)
 }
 
-// FindUserMemberships lists the user's memberships, oldest first.
+// FindUserMemberships lists the user's accepted memberships, oldest
+// first; pending invitations are left out.
 func (s *Store) FindUserMemberships(ctx context.Context, userID string) ([]*controlplane.Membership, error) {
 	rows, err := s.db.Query(ctx, `
 		SELECT tenant_id, user_id, role, created_at FROM memberships
-		WHERE user_id = $1 ORDER BY created_at, tenant_id`, userID)
+		WHERE user_id = $1 AND accepted_at IS NOT NULL ORDER BY created_at, tenant_id`, userID)
 	ms, err := collect(rows, err, func(r pgx.Row) (*controlplane.Membership, error) {
 		m := &controlplane.Membership{}
 		var role string
@@ -79,21 +84,22 @@ func (s *Store) FindUserMemberships(ctx context.Context, userID string) ([]*cont
 	return ms, nil
 }
 
-const memberColumns = `m.user_id, u.email, m.role, u.password_hash IS NULL, m.created_at`
+const memberColumns = `m.user_id, u.email, m.role, m.accepted_at, m.created_at`
 
 const memberFrom = ` FROM memberships m JOIN users u ON u.id = m.user_id `
 
 func scanMember(row pgx.Row) (*controlplane.Member, error) {
 	m := &controlplane.Member{}
 	var role string
-	if err := row.Scan(&m.UserID, &m.Email, &role, &m.Pending, &m.CreatedAt); err != nil {
+	if err := row.Scan(&m.UserID, &m.Email, &role, &m.AcceptedAt, &m.CreatedAt); err != nil {
 		return nil, err
 	}
 	m.Role = controlplane.Role(role)
+	m.Pending = m.AcceptedAt == nil
 	return m, nil
 }
 
-// FindMember returns one member of the tenant.
+// FindMember returns one member of the tenant, pending or not.
 func (s *Store) FindMember(ctx context.Context, tenantID, userID string) (*controlplane.Member, error) {
 	m, err := scanMember(s.db.QueryRow(ctx, `SELECT `+memberColumns+memberFrom+`
 		WHERE m.tenant_id = $1 AND m.user_id = $2`, tenantID, userID))
@@ -103,7 +109,7 @@ func (s *Store) FindMember(ctx context.Context, tenantID, userID string) (*contr
 	return m, nil
 }
 
-// FindMembers lists the tenant's members, oldest first.
+// FindMembers lists the tenant's members, pending ones too, oldest first.
 func (s *Store) FindMembers(ctx context.Context, tenantID string) ([]*controlplane.Member, error) {
 	rows, err := s.db.Query(ctx, `SELECT `+memberColumns+memberFrom+`
 		WHERE m.tenant_id = $1 ORDER BY m.created_at, u.email`, tenantID)
@@ -114,10 +120,13 @@ func (s *Store) FindMembers(ctx context.Context, tenantID string) ([]*controlpla
 	return ms, nil
 }
 
-// CountOwners counts the tenant's owners.
+// CountOwners counts the tenant's owners who accepted (an invited owner
+// who has not is no owner yet).
 func (s *Store) CountOwners(ctx context.Context, tenantID string) (int, error) {
 	var n int
-	err := s.db.QueryRow(ctx, `SELECT count(*) FROM memberships WHERE tenant_id = $1 AND role = 'owner'`, tenantID).Scan(&n)
+	err := s.db.QueryRow(ctx, `
+		SELECT count(*) FROM memberships WHERE tenant_id = $1 AND role = 'owner' AND accepted_at IS NOT NULL`,
+		tenantID).Scan(&n)
 	return n, translate(err, "tenant not found")
 }
 
@@ -126,7 +135,7 @@ func (s *Store) UpdateMemberRole(ctx context.Context, tenantID, userID string, r
 	m, err := scanMember(s.db.QueryRow(ctx, `
 		WITH m AS (
 			UPDATE memberships SET role = $3 WHERE tenant_id = $1 AND user_id = $2
-			RETURNING tenant_id, user_id, role, created_at
+			RETURNING tenant_id, user_id, role, accepted_at, created_at
 		)
 		SELECT `+memberColumns+` FROM m JOIN users u ON u.id = m.user_id`,
 		tenantID, userID, string(role)))
@@ -134,6 +143,47 @@ func (s *Store) UpdateMemberRole(ctx context.Context, tenantID, userID string, r
 		return nil, translate(err, "member not found")
 	}
 	return m, nil
+}
+
+// CreatePendingMembership inserts m as a pending invitation (accepted_at
+// NULL) and sets its CreatedAt. A missing tenant or user is ENOTFOUND, an
+// existing membership ECONFLICT.
+func (s *Store) CreatePendingMembership(ctx context.Context, m *controlplane.Membership) error {
+	err := s.db.QueryRow(ctx, `
+		INSERT INTO memberships (tenant_id, user_id, role, accepted_at) VALUES ($1, $2, $3, NULL)
+		RETURNING created_at`,
+		m.TenantID, m.UserID, string(m.Role),
+	).Scan(&m.CreatedAt)
+	if isCode(err, codeForeignKeyViolation) || isCode(err, codeInvalidText) {
+		return controlplane.Errorf(controlplane.ENOTFOUND, "tenant or user not found")
+	}
+	return translate(err, "membership not found")
+}
+
+// AcceptMembership accepts a pending invitation at `at` and deletes its
+// other unused invitation tokens. No pending membership is ENOTFOUND.
+func (s *Store) AcceptMembership(ctx context.Context, tenantID, userID string, at time.Time) error {
+	var n int64
+	err := s.db.QueryRow(ctx, `
+		WITH a AS (
+			UPDATE memberships SET accepted_at = $3
+			WHERE tenant_id = $1 AND user_id = $2 AND accepted_at IS NULL
+			RETURNING tenant_id, user_id
+		), d AS (
+			DELETE FROM user_tokens t USING a
+			WHERE t.tenant_id = a.tenant_id AND t.user_id = a.user_id AND t.purpose = 'invite' AND t.used_at IS NULL
+		)
+		SELECT count(*) FROM a`, tenantID, userID, at).Scan(&n)
+	if isCode(err, codeInvalidText) {
+		return controlplane.Errorf(controlplane.ENOTFOUND, "invitation not found")
+	}
+	if err != nil {
+		return translate(err, "invitation not found")
+	}
+	if n == 0 {
+		return controlplane.Errorf(controlplane.ENOTFOUND, "invitation not found")
+	}
+	return nil
 }
 
 // DeleteMembership removes a member; the foreign keys delete the
@@ -144,21 +194,30 @@ func (s *Store) DeleteMembership(ctx context.Context, tenantID, userID string) e
 
 // --- sessions ---
 
-// CreateSession inserts sess with the hash of its token.
+// CreateSession inserts sess with the hash of its token. Without an
+// accepted membership of the user in the tenant it is ENOTFOUND.
 func (s *Store) CreateSession(ctx context.Context, sess *controlplane.Session, tokenHash []byte, sourceIP, userAgent string) error {
-	_, err := s.db.Exec(ctx, `
+	tag, err := s.db.Exec(ctx, `
 		INSERT INTO sessions (id, token_hash, user_id, tenant_id, csrf, created_at, last_seen_at, expires_at, source_ip, user_agent)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+		SELECT $1, $2, m.user_id, m.tenant_id, $5, $6, $7, $8, $9, $10 FROM memberships m
+		WHERE m.user_id = $3 AND m.tenant_id = $4 AND m.accepted_at IS NOT NULL`,
 		sess.ID, tokenHash, sess.UserID, sess.TenantID, sess.CSRF, sess.CreatedAt, sess.LastSeenAt, sess.ExpiresAt,
 		sourceIP, userAgent)
 	if isCode(err, codeForeignKeyViolation) || isCode(err, codeInvalidText) {
 		return controlplane.Errorf(controlplane.ENOTFOUND, "member not found")
 	}
-	return translate(err, "session not found")
+	if err != nil {
+		return translate(err, "session not found")
+	}
+	if tag.RowsAffected() == 0 {
+		return controlplane.Errorf(controlplane.ENOTFOUND, "member not found")
+	}
+	return nil
 }
 
 // FindSessionForAuth returns a session of any tenant with its user's
-// e-mail, the membership's role as it is now and the token hash.
+// e-mail, the membership's role as it is now and the token hash. A session
+// whose membership is not accepted is not found.
 func (s *Store) FindSessionForAuth(ctx context.Context, id string) (*controlplane.Session, []byte, error) {
 	sess := &controlplane.Session{}
 	var role string
@@ -166,7 +225,7 @@ func (s *Store) FindSessionForAuth(ctx context.Context, id string) (*controlplan
 	err := s.db.QueryRow(ctx, `
 		SELECT s.id, s.user_id, u.email, s.tenant_id, m.role, s.csrf, s.created_at, s.last_seen_at, s.expires_at, s.token_hash
 		FROM sessions s
-		JOIN memberships m ON m.tenant_id = s.tenant_id AND m.user_id = s.user_id
+		JOIN memberships m ON m.tenant_id = s.tenant_id AND m.user_id = s.user_id AND m.accepted_at IS NOT NULL
 		JOIN users u ON u.id = s.user_id
 		WHERE s.id = $1`, id,
 	).Scan(&sess.ID, &sess.UserID, &sess.Email, &sess.TenantID, &role, &sess.CSRF,

@@ -106,7 +106,7 @@ func TestUsersVerification(t *testing.T) {
 func TestMigrationVerifiesExistingUsers(t *testing.T) {
 	t.Parallel()
 	url := pgtest.NewURL(t)
-	if err := postgres.MigrateDown(url, 1); err != nil {
+	if err := postgres.MigrateDown(url, 2); err != nil { // to 000009
 		t.Fatal(err)
 	}
 	ctx := context.Background()
@@ -142,7 +142,7 @@ func TestMembers(t *testing.T) {
 	if err := s.CreatePortalUser(ctx, pending, ""); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.CreateMembership(ctx, &controlplane.Membership{TenantID: a.ID, UserID: pending.ID, Role: controlplane.RoleMember}); err != nil {
+	if err := s.CreatePendingMembership(ctx, &controlplane.Membership{TenantID: a.ID, UserID: pending.ID, Role: controlplane.RoleMember}); err != nil {
 		t.Fatal(err)
 	}
 	other := mustMember(t, s, b.ID, "owner@b.example", controlplane.RoleOwner, false)
@@ -155,8 +155,8 @@ func TestMembers(t *testing.T) {
 	if err != nil || len(ms) != 3 {
 		t.Fatalf("FindMembers(A) = %v, %v", ms, err)
 	}
-	if ms[0].UserID != owner.ID || ms[0].Role != controlplane.RoleOwner || ms[0].Pending ||
-		ms[1].Email != "viewer@a.example" || ms[2].UserID != pending.ID || !ms[2].Pending {
+	if ms[0].UserID != owner.ID || ms[0].Role != controlplane.RoleOwner || ms[0].Pending || ms[0].AcceptedAt == nil ||
+		ms[1].Email != "viewer@a.example" || ms[2].UserID != pending.ID || !ms[2].Pending || ms[2].AcceptedAt != nil {
 		t.Fatalf("members %+v %+v %+v", ms[0], ms[1], ms[2])
 	}
 	if n, err := s.CountOwners(ctx, a.ID); n != 1 || err != nil {
@@ -375,5 +375,152 @@ func TestCleanupSessions(t *testing.T) {
 	}
 	if n, err := s.CleanupSessions(ctx, now, now.Add(-12*time.Hour)); n != 0 || err != nil {
 		t.Fatalf("second CleanupSessions = %d, %v", n, err)
+	}
+}
+
+// TestMembershipAcceptance: a pending membership (an invitation) grants
+// nothing: not in a user's memberships, not as an owner, no session;
+// AcceptMembership changes that once, and voids its other invitation links.
+func TestMembershipAcceptance(t *testing.T) {
+	t.Parallel()
+	s, pool := MustStore(t)
+	ctx := context.Background()
+	a, b := MustTenant(t, s, "A"), MustTenant(t, s, "B")
+	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	// A user with a password and an accepted membership in B, invited to
+	// A as an owner.
+	u := mustMember(t, s, b.ID, "u@b.example", controlplane.RoleMember, false)
+	mustMember(t, s, a.ID, "owner@a.example", controlplane.RoleOwner, false)
+	m := &controlplane.Membership{TenantID: a.ID, UserID: u.ID, Role: controlplane.RoleOwner}
+	if err := s.CreatePendingMembership(ctx, m); err != nil || m.CreatedAt.IsZero() {
+		t.Fatalf("CreatePendingMembership = %v, CreatedAt %v", err, m.CreatedAt)
+	}
+	WantCode(t, s.CreatePendingMembership(ctx, m), controlplane.ECONFLICT)
+	WantCode(t, s.CreatePendingMembership(ctx, &controlplane.Membership{TenantID: a.ID, UserID: "nope", Role: controlplane.RoleAdmin}), controlplane.ENOTFOUND)
+
+	if um, err := s.FindUserMemberships(ctx, u.ID); err != nil || len(um) != 1 || um[0].TenantID != b.ID {
+		t.Fatalf("FindUserMemberships with a pending one = %+v, %v", um, err)
+	}
+	if n, err := s.CountOwners(ctx, a.ID); n != 1 || err != nil {
+		t.Fatalf("CountOwners with a pending owner = %d, %v; want 1", n, err)
+	}
+	if om, err := s.FindOwnerMembershipByEmail(ctx, "u@b.example"); err == nil {
+		t.Fatalf("FindOwnerMembershipByEmail found the pending owner membership %+v", om)
+	}
+	// No session in A: neither made, nor (when one exists) found.
+	id, _, hash := secret.New("fps")
+	err := s.CreateSession(ctx, &controlplane.Session{ID: id, UserID: u.ID, TenantID: a.ID, CSRF: "csrf-secret-0123456789",
+		CreatedAt: now, LastSeenAt: now, ExpiresAt: now.Add(time.Hour)}, hash, "", "")
+	WantCode(t, err, controlplane.ENOTFOUND)
+	if _, err := pool.Exec(ctx, `
+		INSERT INTO sessions (id, token_hash, user_id, tenant_id, csrf, created_at, last_seen_at, expires_at)
+		VALUES ($1, $2, $3, $4, 'csrf-secret-0123456789', $5, $5, $6)`, id, hash, u.ID, a.ID, now, now.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = s.FindSessionForAuth(ctx, id)
+	WantCode(t, err, controlplane.ENOTFOUND)
+
+	// Accepting: once; the membership's other invitation links go, the
+	// user's others stay.
+	inv1 := mustUserToken(t, s, controlplane.TokenInvite, u.ID, a.ID, now, time.Hour)
+	inv2 := mustUserToken(t, s, controlplane.TokenInvite, u.ID, a.ID, now, time.Hour)
+	reset := mustUserToken(t, s, controlplane.TokenResetPassword, u.ID, "", now, time.Hour)
+	if err := s.UseUserToken(ctx, inv1.ID, now); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AcceptMembership(ctx, a.ID, u.ID, now); err != nil {
+		t.Fatalf("AcceptMembership = %v", err)
+	}
+	WantCode(t, s.AcceptMembership(ctx, a.ID, u.ID, now), controlplane.ENOTFOUND)
+	WantCode(t, s.AcceptMembership(ctx, b.ID, "not-a-uuid", now), controlplane.ENOTFOUND)
+	_, _, err = s.FindUserTokenForAuth(ctx, inv2.ID)
+	WantCode(t, err, controlplane.ENOTFOUND)
+	for _, tok := range []*controlplane.UserToken{inv1, reset} {
+		if _, _, err := s.FindUserTokenForAuth(ctx, tok.ID); err != nil {
+			t.Fatalf("token %s after accepting: %v", tok.Purpose, err)
+		}
+	}
+	mem, err := s.FindMember(ctx, a.ID, u.ID)
+	if err != nil || mem.Pending || mem.AcceptedAt == nil || !mem.AcceptedAt.Equal(now) {
+		t.Fatalf("FindMember after accepting = %+v, %v", mem, err)
+	}
+	if _, _, err := s.FindSessionForAuth(ctx, id); err != nil {
+		t.Fatalf("FindSessionForAuth after accepting: %v", err)
+	}
+	if n, err := s.CountOwners(ctx, a.ID); n != 2 || err != nil {
+		t.Fatalf("CountOwners after accepting = %d, %v; want 2", n, err)
+	}
+	if um, err := s.FindUserMemberships(ctx, u.ID); err != nil || len(um) != 2 {
+		t.Fatalf("FindUserMemberships after accepting = %+v, %v", um, err)
+	}
+	if om, err := s.FindOwnerMembershipByEmail(ctx, "u@b.example"); err != nil || om.TenantID != a.ID {
+		t.Fatalf("FindOwnerMembershipByEmail after accepting = %+v, %v", om, err)
+	}
+	// The role change keeps the acceptance.
+	if mem, err := s.UpdateMemberRole(ctx, a.ID, u.ID, controlplane.RoleAdmin); err != nil || mem.Pending {
+		t.Fatalf("UpdateMemberRole = %+v, %v", mem, err)
+	}
+}
+
+// TestMigrationMembershipAcceptance: 000011 accepts the memberships that
+// existed, since their creation, except invitations that were pending
+// under the old rule (an invited user without a password).
+func TestMigrationMembershipAcceptance(t *testing.T) {
+	t.Parallel()
+	url := pgtest.NewURL(t)
+	if err := postgres.MigrateDown(url, 1); err != nil { // to 000010
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	created := time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)
+	var tenant string
+	if err := conn.QueryRow(ctx, `INSERT INTO tenants (name, plan) VALUES ('Acme', 'free') RETURNING id`).Scan(&tenant); err != nil {
+		t.Fatal(err)
+	}
+	users := map[string]string{}
+	for _, u := range []struct {
+		email string
+		pw    *string
+	}{
+		{"owner@acme.example", new("$argon2id$x")}, // a signup's owner
+		{"added@acme.example", new("$argon2id$x")}, // an existing user added at once
+		{"pending@acme.example", nil},              // invited, never set a password
+		{"operator@acme.example", nil},             // an operator's tenant creation, no password yet
+	} {
+		var id string
+		if err := conn.QueryRow(ctx, `INSERT INTO users (email, password_hash) VALUES ($1, $2) RETURNING id`, u.email, u.pw).Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		users[u.email] = id
+		if _, err := conn.Exec(ctx, `INSERT INTO memberships (tenant_id, user_id, role, created_at) VALUES ($1, $2, 'member', $3)`,
+			tenant, id, created); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, invited := range []string{"added@acme.example", "pending@acme.example"} {
+		if _, err := conn.Exec(ctx, `
+			INSERT INTO audit_events (tenant_id, actor_type, actor_id, action, target_type, target_id)
+			VALUES ($1, 'user', 'x', 'member.invite', 'user', $2)`, tenant, users[invited]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := postgres.MigrateUp(url); err != nil {
+		t.Fatal(err)
+	}
+	for email, want := range map[string]*time.Time{
+		"owner@acme.example": &created, "added@acme.example": &created, "pending@acme.example": nil, "operator@acme.example": &created,
+	} {
+		var got *time.Time
+		if err := conn.QueryRow(ctx, `SELECT accepted_at FROM memberships WHERE user_id = $1`, users[email]).Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		if (got == nil) != (want == nil) || (got != nil && !got.Equal(*want)) {
+			t.Errorf("%s: accepted_at = %v, want %v", email, got, want)
+		}
 	}
 }

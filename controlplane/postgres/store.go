@@ -118,11 +118,12 @@ func (s *Store) CreateUser(ctx context.Context, u *controlplane.User, passwordHa
 	return translate(err, "user not found")
 }
 
-// CreateMembership inserts m and sets its CreatedAt. A missing tenant or
-// user is ENOTFOUND.
+// CreateMembership inserts m, accepted at once (a signup's or an
+// operator's tenant creation; invitations use CreatePendingMembership),
+// and sets its CreatedAt. A missing tenant or user is ENOTFOUND.
 func (s *Store) CreateMembership(ctx context.Context, m *controlplane.Membership) error {
 	err := s.db.QueryRow(ctx, `
-		INSERT INTO memberships (tenant_id, user_id, role) VALUES ($1, $2, $3)
+		INSERT INTO memberships (tenant_id, user_id, role, accepted_at) VALUES ($1, $2, $3, now())
 		RETURNING created_at`,
 		m.TenantID, m.UserID, string(m.Role),
 	).Scan(&m.CreatedAt)
@@ -132,14 +133,15 @@ func (s *Store) CreateMembership(ctx context.Context, m *controlplane.Membership
 	return translate(err, "membership not found")
 }
 
-// FindOwnerMembershipByEmail returns the user's oldest owner membership.
+// FindOwnerMembershipByEmail returns the user's oldest accepted owner
+// membership.
 func (s *Store) FindOwnerMembershipByEmail(ctx context.Context, email string) (*controlplane.Membership, error) {
 	m := &controlplane.Membership{}
 	var role string
 	err := s.db.QueryRow(ctx, `
 		SELECT m.tenant_id, m.user_id, m.role, m.created_at
 		FROM memberships m JOIN users u ON u.id = m.user_id
-		WHERE u.email = $1 AND m.role = 'owner'
+		WHERE u.email = $1 AND m.role = 'owner' AND m.accepted_at IS NOT NULL
 		ORDER BY m.created_at, m.tenant_id
 		LIMIT 1`, email,
 	).Scan(&m.TenantID, &m.UserID, &role, &m.CreatedAt)
