@@ -1041,11 +1041,7 @@ func (s *Service) AdminSetPassword(ctx context.Context, email, pw string) error 
 		return Errorf(EINVALID, "email: must be a valid e-mail address")
 	}
 	var v ValidationError
-	if n := utf8.RuneCountInString(pw); n < minPasswordLen {
-		v.Add("password", "must be at least %d characters", minPasswordLen)
-	} else if len(pw) > maxPasswordLen {
-		v.Add("password", "must be at most %d bytes", maxPasswordLen)
-	}
+	validatePassword(&v, pw)
 	if err := v.Err(); err != nil {
 		return err
 	}
