@@ -139,7 +139,7 @@ func TestInstallScript(t *testing.T) {
 	e := newInstallEnv(t)
 	arch := map[string]string{"amd64": "amd64", "arm64": "arm64"}[runtime.GOARCH]
 	if arch == "" {
-		t.Skip("the agent is built for amd64 and arm64 only")
+		t.Skipf("the agent is built for amd64 and arm64 only; this is %s (CI runs it on amd64)", runtime.GOARCH)
 	}
 	prefix := filepath.Join(t.TempDir(), "agent")
 	bin := filepath.Join(prefix, "bin", "fleetplane-agent")
@@ -218,7 +218,7 @@ func TestInstallScriptFailuresChangeNothing(t *testing.T) {
 	t.Parallel()
 	e := newInstallEnv(t)
 	if runtime.GOARCH != "amd64" && runtime.GOARCH != "arm64" {
-		t.Skip("the agent is built for amd64 and arm64 only")
+		t.Skipf("the agent is built for amd64 and arm64 only; this is %s (CI runs it on amd64)", runtime.GOARCH)
 	}
 	// fakeUname reports Linux on machine.
 	fakeUname := func(machine string) string {
@@ -309,7 +309,7 @@ func TestInstallScriptFailuresChangeNothing(t *testing.T) {
 func TestInstallScriptRealAgent(t *testing.T) {
 	t.Parallel()
 	if testing.Short() {
-		t.Skip("builds the agent")
+		t.Skip("-short: this test builds the agent binary (CI runs it: make test has no -short)")
 	}
 	arch := runtime.GOARCH
 	if runtime.GOOS != "linux" || (arch != "amd64" && arch != "arm64") {

@@ -11,7 +11,6 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"regexp"
-	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -410,72 +409,15 @@ func (v *validator) check(req *http.Request, reqBody []byte, res *http.Response,
 
 // --- database snapshots ---
 
-// snapshot returns, per table, the row count and an MD5 of all rows, to
-// prove a request changed nothing. api_keys.last_used_at is left out: every
-// authenticated request may record a use (at most once a minute).
+// snapshot fingerprints every table (pgtest.Snapshot), leaving out the
+// columns that change on reads.
 func snapshot(tb testing.TB, pool *pgxpool.Pool) map[string]string {
 	tb.Helper()
-	ctx := context.Background()
-	rows, err := pool.Query(ctx, `
-		SELECT c.table_name, string_agg(quote_ident(c.column_name), ', ' ORDER BY c.ordinal_position)
-		FROM information_schema.columns c
-		JOIN information_schema.tables t USING (table_schema, table_name)
-		WHERE c.table_schema = 'public' AND t.table_type = 'BASE TABLE'
-		  AND NOT (c.table_name = 'api_keys' AND c.column_name = 'last_used_at')
-		GROUP BY c.table_name ORDER BY c.table_name`)
-	if err != nil {
-		tb.Fatalf("snapshot: %v", err)
-	}
-	type table struct{ name, cols string }
-	var tables []table
-	for rows.Next() {
-		var t table
-		if err := rows.Scan(&t.name, &t.cols); err != nil {
-			tb.Fatalf("snapshot: %v", err)
-		}
-		tables = append(tables, t)
-	}
-	if err := rows.Err(); err != nil {
-		tb.Fatalf("snapshot: %v", err)
-	}
-	if len(tables) < 5 {
-		tb.Fatalf("snapshot: found only %d tables", len(tables))
-	}
-	snap := map[string]string{}
-	for _, t := range tables {
-		var n int64
-		var sum string
-		q := fmt.Sprintf(`SELECT count(*), coalesce(md5(string_agg(r::text, E'\n' ORDER BY r::text)), '')
-			FROM (SELECT ROW(%s) AS r FROM %s) s`, t.cols, quoteIdent(t.name))
-		if err := pool.QueryRow(ctx, q).Scan(&n, &sum); err != nil {
-			tb.Fatalf("snapshot %s: %v", t.name, err)
-		}
-		snap[t.name] = fmt.Sprintf("%d rows, md5 %s", n, sum)
-	}
-	return snap
+	return pgtest.Snapshot(tb, pool, "api_keys.last_used_at")
 }
 
-func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
-
-func diffSnapshots(a, b map[string]string) string {
-	var names []string
-	for k := range a {
-		names = append(names, k)
-	}
-	for k := range b {
-		if _, ok := a[k]; !ok {
-			names = append(names, k)
-		}
-	}
-	sort.Strings(names)
-	var out []string
-	for _, n := range names {
-		if a[n] != b[n] {
-			out = append(out, fmt.Sprintf("%s: %s → %s", n, a[n], b[n]))
-		}
-	}
-	return strings.Join(out, "; ")
-}
+// diffSnapshots describes what differs between two snapshots ("" = nothing).
+func diffSnapshots(a, b map[string]string) string { return pgtest.DiffSnapshots(a, b) }
 
 // --- misc ---
 
